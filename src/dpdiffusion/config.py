@@ -1,0 +1,25 @@
+"""Configuration that only changes speed, never the guarantee (the guarantee lives in ``PrivacyPlan``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dpdiffusion.dpsgd.per_example import ENGINES
+
+
+@dataclass(frozen=True)
+class Performance:
+    """How the per-example work is executed. Changing any field leaves the result unchanged
+    (up to float rounding) and the privacy spend identical."""
+
+    engine: str = "vmap"
+    micro_batch_size: int = 64  # examples per per-example-gradient chunk; memory ~ micro_batch * K activations
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")

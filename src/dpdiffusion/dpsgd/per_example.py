@@ -1,0 +1,134 @@
+"""Per-example gradients of the whole per-example loss.
+
+A *per-example loss* is the method's contract with the engine. It has two parts:
+
+- ``draw(batch, generator) -> draws``: all randomness of one step (noise levels, noises, augmentations,
+  label dropping), as a dict of tensors shaped ``[b, K, ...]``: b examples, K multiplicity draws each.
+- ``__call__(model, batch, draws) -> losses``: the per-example losses, shape ``[b]``, each the mean over
+  that example's K draws. It never reduces over examples.
+
+A batch is a dict of tensors with leading dimension b. Drawing once per step and slicing afterwards makes
+micro-batching a pure performance setting: the per-example losses do not depend on how the batch is cut.
+
+Engines turn that into per-example gradients ``{name: [b, *param.shape]}`` for a micro-batch. The
+gradient of the mean over K draws is formed per example, so memory holds b gradients, never b*K.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+Batch = Dict[str, torch.Tensor]
+Grads = Dict[str, torch.Tensor]
+
+ENGINES = ("vmap", "opacus")
+
+
+class PerExampleLoss(Protocol):
+    def draw(self, batch: Batch, generator: torch.Generator) -> Batch: ...
+
+    def __call__(self, model: Callable[..., torch.Tensor], batch: Batch, draws: Batch) -> torch.Tensor: ...
+
+
+def batch_size_of(batch: Batch) -> int:
+    sizes = {t.shape[0] for t in batch.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"all tensors of a batch need the same leading size, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
+def trainable_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+class VmapEngine:
+    """torch.func: ``vmap`` over examples of ``grad`` of one example's loss (all K draws inside)."""
+
+    name = "vmap"
+
+    def __init__(self, model: nn.Module, loss: PerExampleLoss):
+        self.model = model
+        self.loss = loss
+
+    def per_example_grads(self, batch: Batch, draws: Batch) -> tuple[Grads, torch.Tensor]:
+        """Per-example gradients ``{name: [b, ...]}`` and per-example losses ``[b]``."""
+        params = {n: p.detach() for n, p in trainable_parameters(self.model).items()}
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
+        buffers = dict(self.model.named_buffers())
+
+        def one_example_loss(params: Grads, example: Batch, example_draws: Batch) -> torch.Tensor:
+            def net(*args, **kwargs):
+                return functional_call(self.model, {**params, **frozen, **buffers}, args, kwargs)
+
+            single = {k: v.unsqueeze(0) for k, v in example.items()}
+            single_draws = {k: v.unsqueeze(0) for k, v in example_draws.items()}
+            value = self.loss(net, single, single_draws)[0]
+            return value, value.detach()
+
+        if batch_size_of(batch) == 0:
+            return _empty(params)
+        per_example = vmap(grad(one_example_loss, has_aux=True), in_dims=(None, 0, 0), randomness="error")
+        return per_example(params, batch, draws)
+
+
+class OpacusEngine:
+    """Stock Opacus hooks (``GradSampleModule``), one forward/backward pass per multiplicity draw.
+
+    Each pass covers the b examples with one of their K draws; its ``grad_sample`` is folded into one
+    ``[b, ...]`` accumulator right away, so memory holds b per-example gradients (never b*K rows), and
+    dividing by K gives the gradient of the mean over draws.
+    """
+
+    name = "opacus"
+
+    def __init__(self, model: nn.Module, loss: PerExampleLoss):
+        from opacus import GradSampleModule
+
+        self.model = model
+        self.loss = loss
+        self.hooked = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+
+    def per_example_grads(self, batch: Batch, draws: Batch) -> tuple[Grads, torch.Tensor]:
+        """Per-example gradients ``{name: [b, ...]}`` and per-example losses ``[b]``."""
+        params = trainable_parameters(self.model)
+        b = batch_size_of(batch)
+        if b == 0:
+            return _empty(params)
+        multiplicity = {v.shape[1] for v in draws.values()}
+        if len(multiplicity) != 1:
+            raise ValueError(f"all draws need the same multiplicity K, got {sorted(multiplicity)}")
+        k_draws = multiplicity.pop()
+        self.hooked.zero_grad(set_to_none=True)
+        losses = torch.zeros(b)
+        grads = {n: p.new_zeros((b, *p.shape)) for n, p in params.items()}
+        for k in range(k_draws):
+            one_draw = {name: v[:, k : k + 1] for name, v in draws.items()}
+            values = self.loss(self.hooked, batch, one_draw)
+            values.sum().backward()
+            losses += values.detach().cpu() / k_draws
+            for n, p in params.items():  # fold each pass in at once: memory stays flat in K
+                if p.grad_sample is not None:  # None: the loss did not use p, its gradient is zero
+                    grads[n] += p.grad_sample.detach() / k_draws
+            self.hooked.zero_grad(set_to_none=True)
+        return grads, losses
+
+
+def _empty(params: Dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
+    first = next(iter(params.values()))
+    return {n: p.new_zeros((0, *p.shape)) for n, p in params.items()}, first.new_zeros(0)
+
+
+def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> VmapEngine | OpacusEngine:
+    if name == "vmap":
+        return VmapEngine(model, loss)
+    if name == "opacus":
+        return OpacusEngine(model, loss)
+    raise ValueError(f"unknown per-example gradient engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,100 @@
+"""The privacy ledger: what a run has spent, advanced exactly once per DP step, saved in every checkpoint."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dpdiffusion.io import json_safe, write_json_atomic
+from dpdiffusion.privacy.plan import PrivacyPlan
+
+
+class PrivacyBudgetError(RuntimeError):
+    """A step would go past the planned steps or the target epsilon."""
+
+
+class LedgerMismatchError(ValueError):
+    """A saved ledger belongs to a run with other privacy settings."""
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("dpdiffusion", "opacus", "dp-accounting", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+class PrivacyLedger:
+    """Counts DP steps against a ``PrivacyPlan`` and reports the epsilon spent."""
+
+    def __init__(self, plan: PrivacyPlan):
+        self.plan = plan
+        self.steps_taken = 0
+        self._epsilon_cache: dict[int, float] = {}
+
+    def check_can_step(self) -> None:
+        if self.steps_taken >= self.plan.steps:
+            raise PrivacyBudgetError(
+                f"the run has taken all {self.plan.steps} planned steps; another step would exceed the budget"
+            )
+
+    def record_step(self) -> None:
+        """Count one DP step (call once per noisy update, after it is applied)."""
+        self.check_can_step()
+        self.steps_taken += 1
+
+    def epsilon_spent(self) -> float:
+        steps = self.steps_taken
+        if steps not in self._epsilon_cache:
+            self._epsilon_cache[steps] = self.plan.epsilon_after(steps)
+        return self._epsilon_cache[steps]
+
+    def report(self) -> dict[str, Any]:
+        """The plan and the spend, JSON-ready: what may be released next to the model."""
+        spent = self.epsilon_spent()
+        report = {
+            "private": self.plan.is_private,
+            "plan": self.plan.to_dict(),
+            "planned_epsilon": self.plan.planned_epsilon,
+            "spent": {"steps": self.steps_taken, "epsilon": spent, "delta": self.plan.delta},
+            "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add/remove-one adjacency",
+            "accountant": self.plan.accountant,
+            "libraries": _library_versions(),
+            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if not self.plan.is_private:
+            report["warning"] = "NOT differentially private: no clipping and no noise (a non-private control run)"
+        return json_safe(report)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the report as JSON, atomically."""
+        write_json_atomic(Path(path), self.report())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = PrivacyPlan.from_dict(state["plan"])
+        differing = [
+            name for name, value in saved.to_dict().items() if not _same(value, self.plan.to_dict()[name])
+        ]
+        if differing:
+            changes = ", ".join(f"{n}: {saved.to_dict()[n]!r} -> {self.plan.to_dict()[n]!r}" for n in differing)
+            raise LedgerMismatchError(f"cannot resume with changed privacy settings ({changes})")
+        steps = int(state["steps_taken"])
+        if not 0 <= steps <= self.plan.steps:
+            raise LedgerMismatchError(f"saved ledger has {steps} steps, outside [0, {self.plan.steps}]")
+        self.steps_taken = steps
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
