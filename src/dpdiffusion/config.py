@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dpdiffusion.dpsgd.per_example import ENGINES
+ENGINES = ("vmap", "opacus")  # per-example gradient engines (dpsgd.per_example)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from dpdiffusion.config import ENGINES
+
 Batch = Dict[str, torch.Tensor]
 Grads = Dict[str, torch.Tensor]
 
-ENGINES = ("vmap", "opacus")
 
 
 class PerExampleLoss(Protocol):
