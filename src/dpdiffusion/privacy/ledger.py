@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 import os
 from importlib import metadata
 from pathlib import Path
@@ -78,23 +77,15 @@ class PrivacyLedger:
         write_json_atomic(Path(path), self.report())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "steps_taken": self.steps_taken}
+        return json_safe({"plan": self.plan.to_dict(), "steps_taken": self.steps_taken})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = PrivacyPlan.from_dict(state["plan"])
-        differing = [
-            name for name, value in saved.to_dict().items() if not _same(value, self.plan.to_dict()[name])
-        ]
+        saved, current = PrivacyPlan.from_dict(state["plan"]).to_dict(), self.plan.to_dict()
+        differing = [name for name in saved if saved[name] != current[name]]
         if differing:
-            changes = ", ".join(f"{n}: {saved.to_dict()[n]!r} -> {self.plan.to_dict()[n]!r}" for n in differing)
+            changes = ", ".join(f"{n}: {saved[n]!r} -> {current[n]!r}" for n in differing)
             raise LedgerMismatchError(f"cannot resume with changed privacy settings ({changes})")
         steps = int(state["steps_taken"])
         if not 0 <= steps <= self.plan.steps:
             raise LedgerMismatchError(f"saved ledger has {steps} steps, outside [0, {self.plan.steps}]")
         self.steps_taken = steps
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return a == b

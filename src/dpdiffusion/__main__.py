@@ -1,0 +1,5 @@
+import sys
+
+from dpdiffusion.cli import main
+
+sys.exit(main())
