@@ -16,6 +16,7 @@ gradient of the mean over K draws is formed per example, so memory holds b gradi
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, Protocol
 
 import torch
@@ -96,6 +97,7 @@ class OpacusEngine:
         self.model = model
         self.loss = loss
         self.hooked = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+        self.hooked.disable_hooks()  # on only inside per_example_grads: other forward passes stay plain
 
     def per_example_grads(self, batch: Batch, draws: Batch) -> tuple[Grads, torch.Tensor]:
         """Per-example gradients ``{name: [b, ...]}`` and per-example losses ``[b]``."""
@@ -107,18 +109,25 @@ class OpacusEngine:
         if len(multiplicity) != 1:
             raise ValueError(f"all draws need the same multiplicity K, got {sorted(multiplicity)}")
         k_draws = multiplicity.pop()
-        self.hooked.zero_grad(set_to_none=True)
         losses = torch.zeros(b)
         grads = {n: p.new_zeros((b, *p.shape)) for n, p in params.items()}
-        for k in range(k_draws):
-            one_draw = {name: v[:, k : k + 1] for name, v in draws.items()}
-            values = self.loss(self.hooked, batch, one_draw)
-            values.sum().backward()
-            losses += values.detach().cpu() / k_draws
-            for n, p in params.items():  # fold each pass in at once: memory stays flat in K
-                if p.grad_sample is not None:  # None: the loss did not use p, its gradient is zero
-                    grads[n] += p.grad_sample.detach() / k_draws
-            self.hooked.zero_grad(set_to_none=True)
+        self.hooked.zero_grad(set_to_none=True)
+        self.hooked.enable_hooks()
+        try:
+            with warnings.catch_warnings():
+                # the inputs never require grad, so torch notes that full backward hooks see outputs only
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                for k in range(k_draws):
+                    one_draw = {name: v[:, k : k + 1] for name, v in draws.items()}
+                    values = self.loss(self.hooked, batch, one_draw)
+                    values.sum().backward()
+                    losses += values.detach().cpu() / k_draws
+                    for n, p in params.items():  # fold each pass in at once: memory stays flat in K
+                        if p.grad_sample is not None:  # None: p was unused, its gradient is zero
+                            grads[n] += p.grad_sample.detach() / k_draws
+                    self.hooked.zero_grad(set_to_none=True)
+        finally:
+            self.hooked.disable_hooks()
         return grads, losses
 
 
