@@ -1,0 +1,227 @@
+"""The training loop: Poisson batches -> DP step -> EMA -> logs, checkpoints and the privacy report.
+
+A run folder keeps what may be released apart from what stays with the data owner:
+
+    RUN_DIR/release/   model.safetensors (EMA weights), privacy.json (plan and spend)
+    RUN_DIR/owner/     checkpoints/ (weights, EMA, optimizer, RNG states, ledger), log.jsonl (un-noised stats)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import save as save_tensors
+from torch import nn
+from tqdm import tqdm
+
+from dpdiffusion.checkpoint import CheckpointError, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from dpdiffusion.config import Performance
+from dpdiffusion.dpsgd.batch_selection import poisson_sample
+from dpdiffusion.dpsgd.per_example import Batch, PerExampleLoss
+from dpdiffusion.dpsgd.step import DPSGD, StepReport
+from dpdiffusion.io import atomic_write
+from dpdiffusion.privacy.ledger import PrivacyLedger
+from dpdiffusion.privacy.plan import PrivacyPlan
+
+
+class Dataset(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor) -> Batch: ...
+
+
+class ArrayDataset:
+    """In-memory examples: ``x`` images (any dtype; ``transform`` maps them to the model's input) and ``y``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        x = self.x[indices]
+        return {"x": self.transform(x) if self.transform else x, "y": self.y[indices]}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation and bookkeeping. ``seed`` fixes initialisation and the loss's draws (public randomness);
+    ``secret_seed`` fixes batch sampling and the DP noise, which the guarantee needs kept secret: leave it
+    None (fresh OS entropy, stored only in the owner's checkpoints) except for reproducibility tests."""
+
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+    secret_seed: int | None = None
+    progress: bool = True
+
+
+class RunFolder:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.release = self.root / "release"
+        self.owner = self.root / "owner"
+        self.checkpoints = self.owner / "checkpoints"
+        self.privacy_report = self.release / "privacy.json"
+        self.model_weights = self.release / "model.safetensors"
+        self.log = self.owner / "log.jsonl"
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.safetensors"
+
+    def checkpoint_files(self) -> list[Path]:
+        return sorted(self.checkpoints.glob("step-*.safetensors"), reverse=True)
+
+
+class EMA:
+    """Exponential moving average of the weights with EDM-style warm-up: decay min(d, (1+t)/(10+t))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        beta = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - beta)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: PerExampleLoss,
+        dataset: Dataset,
+        *,
+        plan: PrivacyPlan,
+        run_dir: str | Path,
+        performance: Performance = Performance(),
+        settings: TrainSettings = TrainSettings(),
+        config: dict[str, Any] | None = None,
+    ):
+        if len(dataset) != plan.dataset_size:
+            raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {len(dataset)}")
+        self.model, self.loss, self.dataset, self.plan = model, loss, dataset, plan
+        self.performance, self.settings, self.config = performance, settings, config or {}
+        self.run = RunFolder(run_dir)
+        secret = settings.secret_seed if settings.secret_seed is not None else secrets.randbits(63)
+        self.sampling_generator = torch.Generator().manual_seed(secret)
+        self.noise_generator = torch.Generator().manual_seed(secret + 1)
+        self.draw_generator = torch.Generator().manual_seed(settings.seed)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        self.ledger = PrivacyLedger(plan)
+        self.dp = DPSGD(
+            model, loss, self.optimizer, ledger=self.ledger, performance=performance,
+            draw_generator=self.draw_generator, noise_generator=self.noise_generator,
+        )
+        self.ema = EMA(model, settings.ema_decay)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, t in self.model.state_dict().items():
+            tensors[f"model.{name}"] = t
+        for name, t in self.ema.model.state_dict().items():
+            tensors[f"ema.{name}"] = t
+        for name, g in self.generators().items():
+            tensors[f"rng.{name}"] = g.get_state()
+        meta = {
+            "ledger": self.ledger.state_dict(),
+            "optimizer": flatten_state("optimizer", self.optimizer.state_dict(), tensors),
+            "settings": asdict(self.settings),
+            "performance": asdict(self.performance),
+            "config": self.config,
+        }
+        return tensors, meta
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"sampling": self.sampling_generator, "noise": self.noise_generator, "draws": self.draw_generator}
+
+    def save(self) -> Path:
+        path = self.run.checkpoint_path(self.ledger.steps_taken)
+        save_checkpoint(path, *self.state())
+        self.ledger.write(self.run.privacy_report)
+        return path
+
+    def load(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        self.ledger.load_state_dict(meta["ledger"])  # refuses changed privacy settings before anything else
+        self.model.load_state_dict(_prefixed(tensors, "model."))
+        self.ema.model.load_state_dict(_prefixed(tensors, "ema."))
+        self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
+        for name, g in self.generators().items():
+            g.set_state(tensors[f"rng.{name}"])
+
+    def resume(self) -> Path | None:
+        """Load the newest checkpoint that passes its checks; report and skip any that does not."""
+        for path in self.run.checkpoint_files():
+            try:
+                self.load(path)
+                return path
+            except CheckpointError as error:
+                print(f"dpdiffusion: skipping checkpoint: {error}", flush=True)
+        return None
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def step(self) -> StepReport:
+        indices = poisson_sample(len(self.dataset), self.plan.sample_rate, generator=self.sampling_generator)
+        report = self.dp.step(self.dataset.batch(indices))
+        self.ema.update(self.model, self.ledger.steps_taken)
+        return report
+
+    def fit(self, *, resume: bool = False, max_steps: int | None = None) -> PrivacyLedger:
+        """Train to the planned steps (or ``max_steps`` more of them), checkpointing along the way."""
+        if resume:
+            self.resume()
+        elif self.run.checkpoint_files() or self.run.privacy_report.exists():
+            raise FileExistsError(f"{self.run.root} already holds a run; resume it with --resume or pick another folder")
+        end = self.plan.steps if max_steps is None else min(self.plan.steps, self.ledger.steps_taken + max_steps)
+        bar = tqdm(total=self.plan.steps, initial=self.ledger.steps_taken, disable=not self.settings.progress,
+                   unit="step", dynamic_ncols=True)
+        window_images, window_start = 0, time.perf_counter()
+        self.run.owner.mkdir(parents=True, exist_ok=True)
+        with bar, self.run.log.open("a") as log:
+            while self.ledger.steps_taken < end:
+                report = self.step()
+                window_images += report.batch_size
+                bar.update(1)
+                step = self.ledger.steps_taken
+                if step % self.settings.log_every == 0 or step == end:
+                    elapsed = time.perf_counter() - window_start
+                    record = {**asdict(report), "images_per_s": window_images / max(elapsed, 1e-9)}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    if not bar.disable:  # the accountant is called only for a visible bar
+                        bar.set_postfix(eps=f"{self.ledger.epsilon_spent():.3g}",
+                                        loss=f"{report.loss_sum / max(report.batch_size, 1):.4g}",
+                                        img_s=f"{record['images_per_s']:.0f}")
+                    window_images, window_start = 0, time.perf_counter()
+                if step % self.settings.checkpoint_every == 0 or step == end:
+                    self.save()
+        if self.ledger.steps_taken == self.plan.steps:
+            self.release()
+        return self.ledger
+
+    def release(self) -> None:
+        """Write what may leave the data owner: the EMA weights and the privacy report."""
+        metadata = {"dpdiffusion": json.dumps({"config": self.config, "privacy": self.ledger.report()})}
+        with atomic_write(self.run.model_weights) as f:
+            f.write(save_tensors({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, metadata))
+        self.ledger.write(self.run.privacy_report)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
