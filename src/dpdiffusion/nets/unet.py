@@ -1,202 +1,289 @@
-"""A DDPM++-style UNet (Song et al. 2021, as EDM's ``SongUNet`` and DPDM's MNIST model): GroupNorm, SiLU,
-residual blocks that carry the noise (and class) embedding, self-attention at chosen resolutions.
+"""A DDPM++-style UNet: the raw network F_x inside EDM preconditioning (``diffusion.preconditioning``).
 
-Every layer treats examples independently (GroupNorm, no running statistics), so the network works with
-per-example gradients (``torch.func.vmap``) and with Opacus hooks. The attention is written out from 1x1
-convolutions and a softmax for the same reason.
+The layout follows EDM's ``SongUNet`` (Karras et al. 2022) and the NCSN++/DDPM++ model that DPDM
+(Dockhorn et al. 2022) trains on MNIST: a positional embedding of the noise label through a two-layer
+MLP, an optional class embedding added to it, residual blocks with GroupNorm and SiLU, self-attention at
+chosen resolutions, and an encoder/decoder joined by concatenated skip connections.
+
+Every layer treats the examples of a batch independently, as DP-SGD's per-example clipping requires:
+GroupNorm only (no running statistics), attention within one image, no in-place ops on tensors that
+need grad, no ``.item()`` and no Python branching on data. The network therefore runs under
+``torch.func.vmap(grad(...))`` as well as under Opacus hooks (every parameter sits in an ``nn.Conv2d``,
+``nn.Linear``, ``nn.GroupNorm`` or ``nn.Embedding``), and accepts an empty batch.
+
+Choices, all as in EDM's DDPM++ (``SongUNet``) and DPDM's NCSN++ with BigGAN-style resampling:
+
+- resampling happens inside residual blocks between levels: a down block applies 2x2 average pooling
+  (to its main path after the first GroupNorm-SiLU, and to its skip), an up block nearest-neighbour x2
+  followed by its 3x3 conv; with them the default config has 1,739,457 parameters (DPDM: 1.75M), while a
+  single strided conv / nearest + conv between levels would give 1.62M;
+- the decoder has ``num_blocks + 1`` blocks per level, so it uses each encoder skip exactly once;
+  attention follows every encoder block at an attention resolution, the first middle block, and the last
+  decoder block of a level at an attention resolution; one head by default;
+- weights are Xavier-uniform with zero biases; the last conv of every residual branch (residual blocks,
+  attention projection) and the output conv are scaled by 1e-5 (EDM's ``init_zero``) and the qkv conv by
+  sqrt(0.2), so each block starts close to the identity and the network's output close to zero.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+_ZERO_INIT_SCALE = 1e-5  # EDM's init_zero: near zero, not exactly zero
+_ATTN_INIT_SCALE = math.sqrt(0.2)  # EDM's init_attn for the qkv projection
+_Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)
+Resample = Literal["none", "down", "up"]
 
 
 @dataclass(frozen=True)
 class UNetConfig:
+    """Architecture of :class:`UNet`. The defaults give DPDM's MNIST model (about 1.75M parameters)."""
+
     img_resolution: int = 28
     in_channels: int = 1
     out_channels: int = 1
-    model_channels: int = 32
+    model_channels: int = 32  # channels at the first level; level i has model_channels * channel_mult[i]
     channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (7,)
+    num_blocks: int = 2  # residual blocks per level in the encoder; the decoder has num_blocks + 1
+    attn_resolutions: tuple[int, ...] = (7,)  # resolutions (image height) with self-attention
     num_classes: int = 0  # 0: unconditional; else labels in [0, num_classes], num_classes meaning "no label"
-    dropout: float = 0.0
-    embedding_mult: int = 4  # embedding width = model_channels * embedding_mult
+    dropout: float = 0.0  # inside residual blocks; > 0 needs vmap(..., randomness="different")
+    embedding_channels_mult: int = 4  # embedding width = model_channels * embedding_channels_mult
+    attn_heads: int = 1
+    max_positions: int = 10000  # longest period of the sinusoidal noise embedding
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"channel_mult must be a non-empty list of positive integers, got {self.channel_mult}")
+        # lists (e.g. from YAML) are accepted and stored as tuples, keeping the config hashable
+        for name in ("channel_mult", "attn_resolutions"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+        def positive(name: str, value: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("img_resolution", "in_channels", "out_channels", "model_channels", "num_blocks",
+                     "embedding_channels_mult", "attn_heads", "max_positions"):
+            positive(name, getattr(self, name))
+        if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
+            raise ValueError(f"channel_mult must be a non-empty tuple of positive integers, got {self.channel_mult!r}")
+        for mult in self.channel_mult:
+            positive("every channel_mult entry", mult)
+        if not isinstance(self.attn_resolutions, tuple):
+            raise ValueError(f"attn_resolutions must be a tuple of integers, got {self.attn_resolutions!r}")
         factor = 2 ** (len(self.channel_mult) - 1)
-        if self.img_resolution < 1 or self.img_resolution % factor:
+        if self.img_resolution % factor:
             raise ValueError(
-                f"img_resolution {self.img_resolution} must be divisible by 2**(levels-1) = {factor} "
-                f"for channel_mult {self.channel_mult}"
+                f"img_resolution ({self.img_resolution}) must be divisible by 2**(len(channel_mult)-1) = {factor}, "
+                f"since each of the {len(self.channel_mult) - 1} downsamplings halves it"
             )
-        for name in ("in_channels", "out_channels", "model_channels", "num_blocks", "embedding_mult"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_channels % 4:
-            raise ValueError(f"model_channels must be a multiple of 4 (GroupNorm groups), got {self.model_channels}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         resolutions = {self.img_resolution // 2**i for i in range(len(self.channel_mult))}
-        if not set(self.attn_resolutions) <= resolutions:
-            raise ValueError(f"attn_resolutions {self.attn_resolutions} not among the UNet's resolutions {sorted(resolutions)}")
+        unknown = sorted(set(self.attn_resolutions) - resolutions)
+        if unknown:
+            raise ValueError(f"attn_resolutions {unknown} are not among the model's resolutions {sorted(resolutions)}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {self.num_classes!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for level in range(len(self.channel_mult)):
+            channels = self.model_channels * self.channel_mult[level]
+            if self.img_resolution >> level in self.attn_resolutions and channels % self.attn_heads:
+                raise ValueError(f"attn_heads ({self.attn_heads}) must divide the channels ({channels}) at attention "
+                                 f"resolution {self.img_resolution >> level}")
+        if self.model_channels % 2:
+            raise ValueError(f"model_channels must be even (sin/cos pairs), got {self.model_channels}")
+
+    @property
+    def embedding_channels(self) -> int:
+        return self.model_channels * self.embedding_channels_mult
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters of ``module`` (trainable or not, each shared tensor counted once)."""
+    return sum(p.numel() for p in module.parameters())
 
 
-def zero_init(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
+def _num_groups(channels: int) -> int:
+    """min(32, channels // 4) groups, lowered to the nearest divisor of ``channels`` if it is not one."""
+    groups = max(1, min(32, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(_num_groups(channels), channels, eps=1e-6)
+
+
+def _init(layer: _Layer, scale: float = 1.0) -> _Layer:
+    """Xavier-uniform weight times ``scale``, zero bias (EDM's initialisation)."""
+    nn.init.xavier_uniform_(layer.weight, gain=scale)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _conv(cin: int, cout: int, kernel: int, scale: float = 1.0) -> nn.Conv2d:
+    return _init(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), scale)
 
 
 class PositionalEmbedding(nn.Module):
-    """Sinusoidal embedding of the noise label (Transformer-style, as DDPM++)."""
+    """Sinusoidal embedding [cos(x f_j), sin(x f_j)] with f_j from 1 down to 1/max_positions (EDM)."""
 
     def __init__(self, channels: int, max_positions: int = 10000):
         super().__init__()
         self.channels = channels
         self.max_positions = max_positions
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        freqs = torch.arange(self.channels // 2, dtype=torch.float32, device=x.device) / (self.channels // 2)
-        freqs = (1 / self.max_positions) ** freqs
-        angles = x.float().unsqueeze(-1) * freqs
-        return torch.cat([angles.cos(), angles.sin()], dim=-1).to(x.dtype)
+    def forward(self, x: Tensor) -> Tensor:
+        half = self.channels // 2
+        freqs = torch.arange(half, dtype=x.dtype, device=x.device) / max(half - 1, 1)
+        freqs = (1.0 / self.max_positions) ** freqs
+        angles = x[:, None] * freqs[None, :]
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
-class Attention(nn.Module):
-    """Single-head self-attention over the spatial positions, residual, scaled by 1/sqrt(2)."""
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels of each image, from 1x1 convs; (x + attn) / sqrt(2)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, heads: int):
         super().__init__()
-        self.norm = group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.heads = heads
+        self.norm = _group_norm(channels)
+        self.qkv = _conv(channels, 3 * channels, 1, scale=_ATTN_INIT_SCALE)
+        self.proj = _conv(channels, channels, 1, scale=_ZERO_INIT_SCALE)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
-        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(c), dim=-1)
-        out = torch.einsum("bij,bcj->bci", weights, v).reshape(b, c, h, w)
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, height, width = x.shape
+        d = c // self.heads
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, d, height * width)
+        q, k, v = qkv.unbind(dim=1)  # each [b, heads, d, pixels]
+        weights = torch.einsum("bhdq,bhdk->bhqk", q, k / math.sqrt(d)).softmax(dim=-1)
+        out = torch.einsum("bhqk,bhdk->bhdq", weights, v).reshape(b, c, height, width)
         return (x + self.proj(out)) / math.sqrt(2)
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, + embedding, GN-SiLU-dropout-conv; optional 2x down/up-sampling; skip; / sqrt(2)."""
+    """EDM's ``UNetBlock``: GroupNorm-SiLU-[resample]-conv, + projected embedding, GroupNorm-SiLU-dropout-conv;
+    (skip + h) / sqrt(2), the skip resampled alike and 1x1-convolved when channels change; then, optionally,
+    self-attention.
 
-    def __init__(self, cin: int, cout: int, emb: int, *, dropout: float, resample: str = "none", attention: bool = False):
+    ``resample`` is "none", "down" (2x2 average pooling) or "up" (nearest-neighbour x2, so that with the 3x3
+    conv after it the block upsamples by nearest + conv).
+    """
+
+    def __init__(self, cin: int, cout: int, emb_channels: int, *, dropout: float = 0.0, resample: Resample = "none",
+                 attention: bool = False, heads: int = 1):
         super().__init__()
-        self.resample = resample
-        self.norm0 = group_norm(cin)
-        self.conv0 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.affine = nn.Linear(emb, cout)
-        self.norm1 = group_norm(cout)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1 = zero_init(nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
-        self.attention = Attention(cout) if attention else None
+        self.resample: nn.Module = {
+            "none": nn.Identity(), "down": nn.AvgPool2d(2), "up": nn.Upsample(scale_factor=2.0, mode="nearest"),
+        }[resample]
+        self.norm0 = _group_norm(cin)
+        self.conv0 = _conv(cin, cout, 3)
+        self.affine = _init(nn.Linear(emb_channels, cout))
+        self.norm1 = _group_norm(cout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv1 = _conv(cout, cout, 3, scale=_ZERO_INIT_SCALE)
+        self.skip = _conv(cin, cout, 1) if cin != cout else nn.Identity()
+        self.attn = AttentionBlock(cout, heads) if attention else nn.Identity()
 
-    def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resample == "down":
-            return F.avg_pool2d(x, 2)
-        if self.resample == "up":
-            return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return x
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv0(self._resample(F.silu(self.norm0(x))))
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv0(self.resample(F.silu(self.norm0(x))))
         h = h + self.affine(emb)[:, :, None, None]
         h = self.conv1(self.dropout(F.silu(self.norm1(h))))
-        skip = self._resample(x)
-        if self.skip is not None:
-            skip = self.skip(skip)
-        out = (h + skip) / math.sqrt(2)
-        return self.attention(out) if self.attention is not None else out
+        return self.attn((self.skip(self.resample(x)) + h) / math.sqrt(2))
 
 
 class UNet(nn.Module):
-    """Raw network F_x(x, noise_labels, class_labels) of the DDPM++ family."""
+    """F_x(x, c_noise, labels): x [B, in_channels, H, W] -> [B, out_channels, H, W].
 
-    def __init__(self, config: UNetConfig = UNetConfig()):
+    ``noise_labels`` is [B] (EDM's c_noise). ``class_labels`` is [B] int64 in [0, num_classes], where
+    ``num_classes`` means "no label" (classifier-free guidance); None means "no label" for all examples.
+    An unconditional model (num_classes = 0) takes no labels.
+    """
+
+    def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
-        emb = cfg.model_channels * cfg.embedding_mult
-        self.map_noise = PositionalEmbedding(cfg.model_channels)
-        self.map_layer0 = nn.Linear(cfg.model_channels, emb)
-        self.map_layer1 = nn.Linear(emb, emb)
-        self.map_label = nn.Embedding(cfg.num_classes + 1, emb) if cfg.num_classes else None
+        emb = cfg.embedding_channels
+        self.noise_embedding = PositionalEmbedding(cfg.model_channels, cfg.max_positions)
+        self.map0 = _init(nn.Linear(cfg.model_channels, emb))
+        self.map1 = _init(nn.Linear(emb, emb))
+        self.label_embedding = nn.Embedding(cfg.num_classes + 1, emb) if cfg.num_classes else None
 
-        def block(cin, cout, res, resample="none"):
-            return ResBlock(cin, cout, emb, dropout=cfg.dropout, resample=resample,
-                            attention=res in cfg.attn_resolutions and resample == "none")
+        def block(cin: int, cout: int, resample: Resample = "none", attention: bool = False) -> ResBlock:
+            return ResBlock(cin, cout, emb, dropout=cfg.dropout, resample=resample, attention=attention,
+                            heads=cfg.attn_heads)
 
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.model_channels, 3, padding=1)
-        self.enc = nn.ModuleList()
+        # Encoder: conv in, then per level a down block (but at the first) and num_blocks blocks, attention
+        # after each at attention resolutions. Every output is kept as a skip for the decoder.
+        self.conv_in = _conv(cfg.in_channels, cfg.model_channels, 3)
+        self.encoder = nn.ModuleList()
         skips = [cfg.model_channels]
-        cout = cfg.model_channels
+        channels = cfg.model_channels
         for level, mult in enumerate(cfg.channel_mult):
-            res = cfg.img_resolution >> level
+            attention = (cfg.img_resolution >> level) in cfg.attn_resolutions
             if level > 0:
-                self.enc.append(block(cout, cout, res, "down"))
-                skips.append(cout)
+                self.encoder.append(block(channels, channels, resample="down"))
+                skips.append(channels)
             for _ in range(cfg.num_blocks):
-                cin, cout = cout, cfg.model_channels * mult
-                self.enc.append(block(cin, cout, res))
-                skips.append(cout)
+                self.encoder.append(block(channels, cfg.model_channels * mult, attention=attention))
+                channels = cfg.model_channels * mult
+                skips.append(channels)
 
-        self.mid = nn.ModuleList([
-            ResBlock(cout, cout, emb, dropout=cfg.dropout, attention=True),
-            ResBlock(cout, cout, emb, dropout=cfg.dropout),
-        ])
-        self.dec = nn.ModuleList()
+        self.middle = nn.ModuleList([block(channels, channels, attention=True), block(channels, channels)])
+
+        # Decoder: per level num_blocks + 1 blocks, each on [h, skip] (so every skip is used once), attention
+        # after the last of them at attention resolutions (as EDM's SongUNet), then an up block (but at the last).
+        self.decoder = nn.ModuleList()
+        takes_skip: list[bool] = []
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            res = cfg.img_resolution >> level
-            if level < len(cfg.channel_mult) - 1:
-                self.dec.append(block(cout, cout, res, "up"))
-            for _ in range(cfg.num_blocks + 1):
-                cin, cout = cout + skips.pop(), cfg.model_channels * mult
-                self.dec.append(block(cin, cout, res))
-        self.norm_out = group_norm(cout)
-        self.conv_out = zero_init(nn.Conv2d(cout, cfg.out_channels, 3, padding=1))
+            attention = (cfg.img_resolution >> level) in cfg.attn_resolutions
+            for index in range(cfg.num_blocks + 1):
+                cin, channels = channels + skips.pop(), cfg.model_channels * mult
+                self.decoder.append(block(cin, channels, attention=attention and index == cfg.num_blocks))
+                takes_skip.append(True)
+            if level > 0:
+                self.decoder.append(block(channels, channels, resample="up"))
+                takes_skip.append(False)
+        assert not skips, "the decoder must use every encoder skip"
+        self.takes_skip = tuple(takes_skip)  # static: which decoder blocks concatenate a skip
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.map_noise(noise_labels.reshape(-1))
-        emb = F.silu(self.map_layer0(emb))
-        emb = self.map_layer1(emb)
-        if self.map_label is not None:
-            if class_labels is None:  # no label: the classifier-free "null" class
-                class_labels = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long, device=x.device)
-            emb = emb + self.map_label(class_labels)
-        emb = F.silu(emb)
+        self.norm_out = _group_norm(channels)
+        self.conv_out = _conv(channels, cfg.out_channels, 3, scale=_ZERO_INIT_SCALE)
+
+    def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int, dtype: torch.dtype) -> Tensor:
+        """The per-example conditioning vector [B, embedding_channels], after its final SiLU."""
+        emb = self.noise_embedding(noise_labels.to(dtype).reshape(batch))
+        emb = self.map1(F.silu(self.map0(emb)))
+        if self.label_embedding is not None:
+            if class_labels is None:
+                class_labels = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
+            emb = emb + self.label_embedding(class_labels.reshape(batch).long())
+        elif class_labels is not None:
+            raise ValueError("this UNet is unconditional (num_classes = 0) but class_labels were given")
+        return F.silu(emb)
+
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x must be [B, {self.config.in_channels}, H, W], got {list(x.shape)}")
+        emb = self.embed(noise_labels, class_labels, x.shape[0], x.dtype)
 
         h = self.conv_in(x)
         skips = [h]
-        for block in self.enc:
+        for block in self.encoder:
             h = block(h, emb)
             skips.append(h)
-        for block in self.mid:
+        for block in self.middle:
             h = block(h, emb)
-        for block in self.dec:
-            if block.resample != "up":
+        for block, takes_skip in zip(self.decoder, self.takes_skip):
+            if takes_skip:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
