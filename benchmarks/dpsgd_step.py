@@ -5,10 +5,14 @@
     python benchmarks/dpsgd_step.py --out benchmarks/results/dpsgd_step_cpu.json
 
 Each (mode, K) runs in a fresh subprocess so that its peak memory (max RSS above the process's baseline
-after building the model and batch) belongs to it alone. Modes:
-  plain   mean loss over the batch (all K draws), one backward, Adam step: the non-private cost
-  dp      our DP step (DPSGD with the chosen engine: per-example grads, clip, noise, Adam)
-  opacus  the same DPSGD with stock Opacus hooks computing the per-example gradients
+after building the model and batch) belongs to it alone. Every mode processes the batch in chunks of
+``--rows`` model rows (rows // K examples with their K draws), so activation memory is the same for all K.
+Modes:
+  plain      mean loss over the batch (all K draws), backward, Adam step: the non-private cost
+  layerwise  our DP step with the default engine (per-layer per-example gradients), clip, noise, Adam
+  vmap       our DP step with torch.func vmap per-example gradients
+  opacus     our DP step with stock Opacus hooks computing the per-example gradients
+"ratio_dp_to_plain" is the default engine's (layerwise) ratio.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from dpdiffusion.nets.unet import UNet, UNetConfig, count_parameters
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 
-MODES = ("plain", "dp", "opacus")
+MODES = ("plain", "layerwise", "vmap", "opacus")
+DEFAULT_ENGINE = "layerwise"
 
 
 def rss_mb() -> float:
@@ -54,15 +59,19 @@ def build(batch_size: int, k: int, seed: int = 0):
     return precond, loss, batch
 
 
-def make_step(mode: str, precond, loss, batch, micro_batch_size: int, engine: str):
+def make_step(mode: str, precond, loss, batch, micro_batch_size: int):
     optimizer = torch.optim.Adam(precond.parameters(), lr=3e-4)
     draw_generator = torch.Generator().manual_seed(1)
     if mode == "plain":
+        b = len(batch["x"])
 
         def step():
             draws = loss.draw(batch, draw_generator)
             optimizer.zero_grad(set_to_none=True)
-            loss(precond, batch, draws).mean().backward()
+            for start in range(0, b, micro_batch_size):  # gradient accumulation over the same chunks
+                part = {k: v[start : start + micro_batch_size] for k, v in batch.items()}
+                part_draws = {k: v[start : start + micro_batch_size] for k, v in draws.items()}
+                (loss(precond, part, part_draws).sum() / b).backward()
             optimizer.step()
 
         return step
@@ -72,7 +81,7 @@ def make_step(mode: str, precond, loss, batch, micro_batch_size: int, engine: st
     )
     dp = DPSGD(
         precond, loss, optimizer, ledger=PrivacyLedger(plan),
-        performance=Performance(engine="opacus" if mode == "opacus" else engine, micro_batch_size=micro_batch_size),
+        performance=Performance(engine=mode, micro_batch_size=micro_batch_size),
         draw_generator=draw_generator, noise_generator=torch.Generator().manual_seed(2),
     )
     return lambda: dp.step(batch)
@@ -81,7 +90,7 @@ def make_step(mode: str, precond, loss, batch, micro_batch_size: int, engine: st
 def worker(mode: str, k: int, args) -> dict:
     torch.set_num_threads(args.threads)
     precond, loss, batch = build(args.batch, k)
-    step = make_step(mode, precond, loss, batch, args.micro_batch, args.engine)
+    step = make_step(mode, precond, loss, batch, max(1, args.rows // k))
     baseline = rss_mb()
     for _ in range(args.warmup):
         step()
@@ -108,7 +117,7 @@ def measure(mode: str, k: int, args) -> dict:
 def passthrough(args) -> list[str]:
     return [
         "--batch", str(args.batch), "--reps", str(args.reps), "--warmup", str(args.warmup),
-        "--threads", str(args.threads), "--micro-batch", str(args.micro_batch), "--engine", args.engine,
+        "--threads", str(args.threads), "--rows", str(args.rows),
     ]
 
 
@@ -120,8 +129,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--micro-batch", type=int, default=64, help="examples per per-example-gradient chunk")
-    parser.add_argument("--engine", default="vmap", help="our engine for the 'dp' mode")
+    parser.add_argument("--rows", type=int, default=64, help="model rows per chunk (examples x K draws)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
@@ -150,9 +158,9 @@ def main() -> None:
         "benchmark": "dpsgd_step",
         "model": "UNet (DDPM++, GroupNorm) MNIST config + EDM preconditioning",
         "parameters": count_parameters(build(1, 1)[0]),
-        "batch": args.batch, "threads": args.threads, "micro_batch": args.micro_batch, "engine": args.engine,
+        "batch": args.batch, "threads": args.threads, "rows_per_chunk": args.rows, "default_engine": DEFAULT_ENGINE,
         "reps": args.reps, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
-        "ratio_dp_to_plain": first.get("ratio_dp_to_plain"),
+        "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),
         "rows": rows,
     }
@@ -163,14 +171,17 @@ def main() -> None:
     if args.json:
         print(text)
     else:
-        print(f"UNet, batch {args.batch}, {args.threads} threads, median of {args.reps}")
-        print(f"{'K':>3} {'plain s':>8} {'dp s':>8} {'opacus s':>9} {'dp/plain':>9} {'opacus/plain':>13} "
-              f"{'plain MB':>9} {'dp MB':>8} {'opacus MB':>10}")
+        print(f"UNet ({result['parameters']} parameters), batch {args.batch}, {args.threads} threads, "
+              f"{args.rows} rows per chunk, median of {args.reps}")
+        header = f"{'K':>3} " + " ".join(f"{m + ' s':>12}" for m in modes)
+        header += " " + " ".join(f"{m + '/plain':>16}" for m in modes if m != "plain")
+        header += " " + " ".join(f"{m + ' MB':>13}" for m in modes)
+        print(header)
         for r in rows:
-            print(f"{r['k']:>3} {r.get('plain_s', float('nan')):8.3f} {r.get('dp_s', float('nan')):8.3f} "
-                  f"{r.get('opacus_s', float('nan')):9.3f} {r.get('ratio_dp_to_plain', float('nan')):9.2f} "
-                  f"{r.get('ratio_opacus_to_plain', float('nan')):13.2f} {r.get('plain_extra_mb', float('nan')):9.0f} "
-                  f"{r.get('dp_extra_mb', float('nan')):8.0f} {r.get('opacus_extra_mb', float('nan')):10.0f}")
+            line = f"{r['k']:>3} " + " ".join(f"{r[m + '_s']:12.3f}" for m in modes)
+            line += " " + " ".join(f"{r[f'ratio_{m}_to_plain']:16.2f}" for m in modes if m != "plain")
+            line += " " + " ".join(f"{r[m + '_extra_mb']:13.0f}" for m in modes)
+            print(line)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENGINES = ("vmap", "opacus")  # per-example gradient engines (dpsgd.per_example)
+ENGINES = ("auto", "layerwise", "vmap", "opacus")  # per-example gradient engines (dpsgd.per_example)
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class Performance:
     """How the per-example work is executed. Changing any field leaves the result unchanged
     (up to float rounding) and the privacy spend identical."""
 
-    engine: str = "vmap"
+    engine: str = "auto"  # layerwise when every trainable layer has a rule, else vmap
     micro_batch_size: int = 64  # examples per per-example-gradient chunk; memory ~ micro_batch * K activations
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 

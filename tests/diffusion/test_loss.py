@@ -40,7 +40,7 @@ def test_draws_have_multiplicity_shape_and_log_normal_levels():
     assert abs(draws["keep_label"].float().mean().item() - 0.9) < 0.01
 
 
-@pytest.mark.parametrize("engine", ["vmap", "opacus"])
+@pytest.mark.parametrize("engine", ["vmap", "layerwise", "opacus"])
 def test_per_example_gradients_of_the_edm_loss_with_a_unet(engine):
     torch.manual_seed(0)
     model = EDMPrecond(UNet(UNetConfig(**TINY)))

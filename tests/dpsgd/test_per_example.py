@@ -4,7 +4,7 @@ import torch
 from dpdiffusion.dpsgd.per_example import make_engine
 from tests.dpsgd.toys import NoisyRegressionLoss, TinyDenoiser, make_batch, reference_per_example_grads
 
-ENGINE_NAMES = ["vmap", "opacus"]
+ENGINE_NAMES = ["vmap", "layerwise", "opacus"]
 
 
 def assert_grads_close(actual, expected, atol=1e-5, rtol=1e-4):
@@ -82,3 +82,21 @@ def test_frozen_parameters_get_no_per_example_gradient(generator):
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="unknown per-example gradient engine"):
         make_engine("magic", TinyDenoiser(), NoisyRegressionLoss())
+
+
+def test_auto_engine_picks_layerwise_when_every_layer_has_a_rule_else_vmap():
+    loss = NoisyRegressionLoss()
+    assert make_engine("auto", TinyDenoiser(), loss).name == "layerwise"
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = TinyDenoiser()
+            self.scale = torch.nn.Parameter(torch.ones(1))  # a bare parameter: no per-layer rule
+
+        def forward(self, x, sigma, labels):
+            return self.net(x, sigma, labels) * self.scale
+
+    assert make_engine("auto", Odd(), loss).name == "vmap"
+    with pytest.raises(ValueError, match="no per-example rule.*'vmap' engine"):
+        make_engine("layerwise", Odd(), loss)
