@@ -123,11 +123,11 @@ class Trainer:
         self.draw_generator = torch.Generator().manual_seed(settings.seed)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         self.ledger = PrivacyLedger(plan)
+        self.ema = EMA(model, settings.ema_decay)  # before the engine hooks the model, so the copy stays plain
         self.dp = DPSGD(
             model, loss, self.optimizer, ledger=self.ledger, performance=performance,
             draw_generator=self.draw_generator, noise_generator=self.noise_generator,
         )
-        self.ema = EMA(model, settings.ema_decay)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -202,6 +202,7 @@ class Trainer:
                 if step % self.settings.log_every == 0 or step == end:
                     elapsed = time.perf_counter() - window_start
                     record = {**asdict(report), "images_per_s": window_images / max(elapsed, 1e-9)}
+                    del record["nonfinite"]  # counted in memory only, never logged
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     if not bar.disable:  # the accountant is called only for a visible bar

@@ -52,6 +52,12 @@ def test_steps_or_epochs_exactly_one():
         )
 
 
+def test_a_plan_over_its_target_is_refused():
+    with pytest.raises(PrivacyBudgetError, match="more than its target"):
+        PrivacyLedger(plan(noise_multiplier=0.5, target_epsilon=1.0))
+    PrivacyLedger(plan(noise_multiplier=5.0, target_epsilon=1.0))  # well within: accepted
+
+
 def test_ledger_counts_steps_and_stops_at_the_plan():
     ledger = PrivacyLedger(plan(steps=3))
     assert ledger.epsilon_spent() == 0.0

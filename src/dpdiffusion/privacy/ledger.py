@@ -37,6 +37,16 @@ class PrivacyLedger:
         self.plan = plan
         self.steps_taken = 0
         self._epsilon_cache: dict[int, float] = {}
+        if plan.target_epsilon is not None and self.planned_epsilon() > plan.target_epsilon:
+            raise PrivacyBudgetError(
+                f"the plan spends epsilon {self.planned_epsilon():.4g} over {plan.steps} steps, more than its "
+                f"target {plan.target_epsilon:g}; raise the noise multiplier or take fewer steps"
+            )
+
+    def planned_epsilon(self) -> float:
+        if self.plan.steps not in self._epsilon_cache:
+            self._epsilon_cache[self.plan.steps] = self.plan.planned_epsilon
+        return self._epsilon_cache[self.plan.steps]
 
     def check_can_step(self) -> None:
         if self.steps_taken >= self.plan.steps:
@@ -61,7 +71,7 @@ class PrivacyLedger:
         report = {
             "private": self.plan.is_private,
             "plan": self.plan.to_dict(),
-            "planned_epsilon": self.plan.planned_epsilon,
+            "planned_epsilon": self.planned_epsilon(),
             "spent": {"steps": self.steps_taken, "epsilon": spent, "delta": self.plan.delta},
             "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add/remove-one adjacency",
             "accountant": self.plan.accountant,

@@ -1,0 +1,207 @@
+"""Run configuration: typed, frozen sections read from YAML (a preset or the user's file) with ``--set``
+overrides. Unknown or mistyped keys are errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpdiffusion.config import Performance
+from dpdiffusion.nets.unet import UNetConfig
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    data_dir: str | None = None  # local copies instead of downloads (else $DPDIFFUSION_DATA_DIR, else the cache)
+    resolution: int | None = None  # resize (a fixed, data-independent transform); None keeps the native size
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    label_dropout: float = 0.1  # classifier-free guidance: per-example probability of training without label
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """What changes the guarantee; resolved into a ``PrivacyPlan`` once the dataset size is known."""
+
+    target_epsilon: float | None = 10.0
+    noise_multiplier: float | None = None  # give instead of target_epsilon to fix sigma directly
+    delta: float | None = None  # None: 1 / (10 N), a common choice well below 1 / N
+    batch_size: int = 256  # the public expected batch size B; the sample rate is B / N
+    epochs: float | None = None
+    steps: int | None = None
+    max_grad_norm: float = 1.0
+    multiplicity: int = 1
+    accountant: str = "prv"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    sampler: str = "heun"
+    steps: int = 18
+    guidance: float = 1.0
+    S_churn: float = 0.0
+    S_min: float = 0.0
+    S_max: float = float("inf")
+    S_noise: float = 1.0
+    eta: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    performance: Performance = field(default_factory=Performance)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check and convert a YAML value to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: unexpected value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item, *_rest) = typing.get_args(annotation) or (Any,)
+        return tuple(_convert(v, item, key) for v in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected text, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'configuration'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown configuration key '{where}' (known here: {', '.join(sorted(known))})")
+    values = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{prefix or 'configuration'}: {error}") from error
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` (value in YAML syntax) -> {"a": {"b": {"c": value}}}."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set has an empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: cannot read value {raw!r}") from error
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+        data = {} if data is None else data  # an empty file: all defaults
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of configuration keys")
+    return data
+
+
+def load_config(source: str, overrides: list[str] = ()) -> RunConfig:
+    """A preset name or a YAML file, then ``KEY=VALUE`` overrides in order."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        data = read_yaml(path)
+        data.setdefault("name", path.stem)
+    elif source in preset_names():
+        data = read_yaml(PRESETS_DIR / f"{source}.yaml")
+        data.setdefault("name", source)
+    else:
+        raise ConfigError(f"no preset or file named {source!r} (presets: {', '.join(preset_names()) or 'none'})")
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return _build(RunConfig, data, "")
