@@ -14,6 +14,7 @@ import yaml
 
 from dpdiffusion.config import Performance
 from dpdiffusion.nets.unet import UNetConfig
+from dpdiffusion.privacy.plan import PrivacyPlan, steps_for
 
 
 class ConfigError(ValueError):
@@ -205,3 +206,19 @@ def load_config(source: str, overrides: list[str] = ()) -> RunConfig:
     for text in overrides:
         data = _merge(data, parse_override(text))
     return _build(RunConfig, data, "")
+
+
+def resolve_plan(privacy: PrivacyConfig, dataset_size: int) -> PrivacyPlan:
+    """The ``PrivacyPlan`` for a dataset of ``dataset_size`` examples: sigma calibrated to the target epsilon,
+    or the given noise multiplier (checked against the target when both are set)."""
+    delta = privacy.delta if privacy.delta is not None else 1 / (10 * dataset_size)
+    steps = steps_for(steps=privacy.steps, epochs=privacy.epochs, dataset_size=dataset_size,
+                      expected_batch_size=privacy.batch_size)
+    common = dict(delta=delta, dataset_size=dataset_size, expected_batch_size=privacy.batch_size,
+                  max_grad_norm=privacy.max_grad_norm, multiplicity=privacy.multiplicity, accountant=privacy.accountant)
+    if privacy.noise_multiplier is not None:
+        return PrivacyPlan(steps=steps, noise_multiplier=privacy.noise_multiplier,
+                           target_epsilon=privacy.target_epsilon, **common)
+    if privacy.target_epsilon is None:
+        raise ConfigError("privacy: give target_epsilon or noise_multiplier")
+    return PrivacyPlan.calibrated(target_epsilon=privacy.target_epsilon, steps=steps, **common)
