@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/dpdiffusion privacy --epsilon 10 --delta 1e-5 --sample-rate 0.0667 --steps 4500 "$@"
+exec .venv/bin/dpdiffusion demo "$@"

@@ -121,10 +121,76 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
                       settings=settings, config=config.to_dict())
     ledger = trainer.fit(resume=args.resume)
-    write_json_atomic(run_dir / "config.json", config.to_dict())
+    write_json_atomic(run_dir / "config.json", config.to_dict())  # after fit: it refuses a folder holding a run
     print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
           f"{plan.delta:.3g}; release in {trainer.run.release}")
     return 0
+
+
+SAMPLER_NAMES = ("ancestral", "churn", "ddim", "heun")  # diffusion.samplers.SAMPLERS, without importing torch
+
+
+def add_sample_parser(subparsers) -> None:
+    parser = subparsers.add_parser("sample", help="generate synthetic images from a finished run's released model")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--num", type=_positive_int, required=True, help="number of images")
+    parser.add_argument("--out", required=True, help="FILE.npz: images (uint8 N x H x W x C) and labels (int64 N)")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the run's sampling.sampler")
+    parser.add_argument("--steps", type=int, help="noise levels (default: the run's sampling.steps)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance weight w (1: conditional only)")
+    parser.add_argument("--seed", type=_positive_int, default=0, help="public seed of labels and noise")
+    parser.add_argument("--labels", help="comma-separated labels, one per image (default: uniform draws)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.set_defaults(handler=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from dpdiffusion.diffusion.generate import generate, load_release, save_grid
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise CliError(f"--out must name a .npz file, got {out}")
+    model, config, _ = load_release(args.run_dir)
+    overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    sampling = dataclasses.replace(config.sampling, **overrides)
+    if sampling.sampler == "churn" and sampling.S_churn == 0:
+        sampling = dataclasses.replace(sampling, S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003)
+    labels = None
+    if args.labels:
+        try:
+            labels = torch.tensor([int(v) for v in args.labels.split(",")])
+        except ValueError as error:
+            raise CliError(f"--labels must be comma-separated integers, got {args.labels!r}") from error
+    images, drawn = generate(model, config, num=args.num, sampling=sampling, labels=labels, seed=args.seed,
+                             batch_size=args.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.npz")
+    np.savez_compressed(tmp, images=images, labels=drawn)
+    tmp.replace(out)
+    save_grid(images, out.with_suffix(".png"))
+    print(f"wrote {len(images)} images to {out} and a grid to {out.with_suffix('.png')}")
+    return 0
+
+
+def add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="train on scikit-learn's digits at epsilon 10 and show the result")
+    parser.add_argument("--run-dir", help="run folder (default runs/demo-<time>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
+    parser.add_argument("--num-samples", type=int, default=1000, help="synthetic images for the downstream check")
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpdiffusion import demo
+
+    return demo.main(Path(args.run_dir) if args.run_dir else None, args.set, args.num_samples)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_privacy_parser(subparsers)
     add_train_parser(subparsers)
     add_presets_parser(subparsers)
+    add_sample_parser(subparsers)
+    add_demo_parser(subparsers)
     return parser
 
 

@@ -118,6 +118,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
         return value
     if annotation is float:
+        if value in ("inf", "-inf"):  # how our JSON files write infinity
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -190,6 +192,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of configuration keys")
     return data
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A ``RunConfig`` from its ``to_dict()`` form (as saved in runs and released models)."""
+    return _build(RunConfig, data, "")
 
 
 def load_config(source: str, overrides: list[str] = ()) -> RunConfig:

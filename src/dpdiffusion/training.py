@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
@@ -26,7 +27,7 @@ from dpdiffusion.config import Performance
 from dpdiffusion.dpsgd.batch_selection import poisson_sample
 from dpdiffusion.dpsgd.per_example import Batch, PerExampleLoss
 from dpdiffusion.dpsgd.step import DPSGD, StepReport
-from dpdiffusion.io import atomic_write
+from dpdiffusion.io import atomic_write, json_safe
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 
@@ -117,9 +118,9 @@ class Trainer:
         self.model, self.loss, self.dataset, self.plan = model, loss, dataset, plan
         self.performance, self.settings, self.config = performance, settings, config or {}
         self.run = RunFolder(run_dir)
-        secret = settings.secret_seed if settings.secret_seed is not None else secrets.randbits(63)
-        self.sampling_generator = torch.Generator().manual_seed(secret)
-        self.noise_generator = torch.Generator().manual_seed(secret + 1)
+        sampling_seed, noise_seed = secret_seeds(settings.secret_seed)
+        self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
+        self.noise_generator = torch.Generator().manual_seed(noise_seed)
         self.draw_generator = torch.Generator().manual_seed(settings.seed)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         self.ledger = PrivacyLedger(plan)
@@ -218,10 +219,19 @@ class Trainer:
 
     def release(self) -> None:
         """Write what may leave the data owner: the EMA weights and the privacy report."""
-        metadata = {"dpdiffusion": json.dumps({"config": self.config, "privacy": self.ledger.report()})}
+        metadata = {"dpdiffusion": json.dumps(json_safe({"config": self.config, "privacy": self.ledger.report()}))}
         with atomic_write(self.run.model_weights) as f:
             f.write(save_tensors({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, metadata))
         self.ledger.write(self.run.privacy_report)
+
+
+def secret_seeds(secret_seed: int | None) -> tuple[int, int]:
+    """Independent seeds for Poisson sampling and for the DP noise: fresh OS entropy, or derived from a
+    fixed ``secret_seed`` (reproducibility tests). torch's CPU generator keeps 32 bits of a seed."""
+    if secret_seed is None:
+        return secrets.randbits(32), secrets.randbits(32)
+    sampling, noise = np.random.SeedSequence(secret_seed).generate_state(2)
+    return int(sampling), int(noise)
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,87 @@
+"""The embedded demo: DPDM on scikit-learn's digits at epsilon 10, a few minutes on a laptop CPU.
+
+Trains the ``digits-eps10-cpu`` preset, samples a grid and a synthetic set with uniform labels, and
+reports the downstream accuracy of a classifier trained only on synthetic images and tested on the real
+held-out digits (every fifth image, never trained on) -- the data owner's diagnostic, kept in ``owner/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpdiffusion.data.datasets import load_dataset
+from dpdiffusion.diffusion.generate import generate, load_release, save_grid
+from dpdiffusion.io import write_json_atomic
+from dpdiffusion.methods import dpdm
+from dpdiffusion.runconfig import load_config, resolve_plan
+from dpdiffusion.training import Trainer, TrainSettings
+
+PRESET = "digits-eps10-cpu"
+
+
+def downstream_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+                        test_labels: np.ndarray) -> float:
+    """Logistic regression on flattened pixels in [0, 1], trained on one set and scored on the other."""
+    from sklearn.linear_model import LogisticRegression
+
+    def features(images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1).astype(np.float64) / 255.0
+
+    classifier = LogisticRegression(max_iter=2000)
+    classifier.fit(features(train_images), train_labels)
+    return float(classifier.score(features(test_images), test_labels))
+
+
+def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    config = load_config(PRESET, overrides)
+    run_dir = run_dir or Path("runs") / f"demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    dataset = load_dataset(config.data, "train")
+    plan = resolve_plan(config.privacy, len(dataset))
+    torch.manual_seed(config.training.seed)
+    model, loss = dpdm.build(config)
+    settings = dataclasses.replace(TrainSettings(**dataclasses.asdict(config.training)), progress=progress)
+    trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
+                      settings=settings, config=config.to_dict())
+    ledger = trainer.fit()
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    trained = time.perf_counter()
+
+    released, released_config, privacy = load_release(run_dir)  # only what may leave the owner from here on
+    images, labels = generate(released, released_config, num=num_samples, seed=0)
+    samples = run_dir / "release" / "samples.npz"
+    np.savez_compressed(samples, images=images, labels=labels)
+    save_grid(images, run_dir / "release" / "samples.png")
+
+    test = load_dataset(config.data, "test")
+    test_images = test.x.permute(0, 2, 3, 1).numpy()
+    accuracy = downstream_accuracy(images, labels, test_images, test.y.numpy())
+    evaluation = {
+        "diagnostic": "owner-side: scored on the real held-out digits (index % 5 == 0), never trained on",
+        "classifier": "logistic regression on pixels, trained on synthetic images only",
+        "synthetic_images": int(num_samples),
+        "real_test_images": len(test),
+        "accuracy": accuracy,
+        "train_seconds": trained - started,
+        "total_seconds": time.perf_counter() - started,
+    }
+    write_json_atomic(run_dir / "owner" / "evaluation.json", evaluation)
+    return {"run_dir": str(run_dir), "epsilon": ledger.epsilon_spent(), "delta": plan.delta,
+            "grid": str(run_dir / "release" / "samples.png"), "privacy": privacy, **evaluation}
+
+
+def main(run_dir: Path | None, overrides: list[str], num_samples: int) -> int:
+    result = run(run_dir, overrides, num_samples)
+    print(f"demo finished in {result['total_seconds'] / 60:.1f} min ({result['train_seconds'] / 60:.1f} min training)")
+    print(f"  privacy: epsilon {result['epsilon']:.3g} at delta {result['delta']:.3g} "
+          f"(report: {result['run_dir']}/release/privacy.json)")
+    print(f"  samples: {result['grid']}")
+    print(f"  downstream accuracy on the real held-out digits: {result['accuracy']:.1%} "
+          f"(logistic regression trained on {result['synthetic_images']} synthetic images)")
+    return 0

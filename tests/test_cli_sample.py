@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dpdiffusion.cli import SAMPLER_NAMES, main
+from dpdiffusion.diffusion.generate import generate, load_release
+from dpdiffusion.diffusion.samplers import SAMPLERS
+
+TINY = """
+data: {name: digits}
+model: {img_resolution: 8, model_channels: 8, channel_mult: [1], num_blocks: 1, attn_resolutions: [], num_classes: 10}
+privacy: {target_epsilon: 5, delta: 1.0e-4, batch_size: 64, steps: 2}
+training: {checkpoint_every: 2, log_every: 1}
+sampling: {steps: 4}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sample")
+    (folder / "tiny.yaml").write_text(TINY)
+    assert main(["train", str(folder / "tiny.yaml"), "--run-dir", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def test_cli_knows_every_sampler():
+    assert set(SAMPLER_NAMES) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_sample_writes_npz_and_grid(run_dir, tmp_path, sampler):
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run_dir), "--num", "12", "--out", str(out), "--sampler", sampler, "--steps", "3"]) == 0
+    data = np.load(out)
+    assert data["images"].shape == (12, 8, 8, 1) and data["images"].dtype == np.uint8
+    assert data["labels"].shape == (12,) and data["labels"].dtype == np.int64
+    assert data["labels"].min() >= 0 and data["labels"].max() < 10
+    assert out.with_suffix(".png").exists()
+
+
+def test_images_do_not_depend_on_the_batch_size(run_dir):
+    model, config, privacy = load_release(run_dir)
+    assert privacy["spent"]["steps"] == 2
+    a, la = generate(model, config, num=6, seed=3, batch_size=6)
+    b, lb = generate(model, config, num=6, seed=3, batch_size=4)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    c, _ = generate(model, config, num=6, seed=4, batch_size=6)
+    assert not np.array_equal(a, c)
+
+
+def test_labels_are_uniform_not_from_the_data(run_dir):
+    model, config, _ = load_release(run_dir)
+    _, labels = generate(model, config, num=2000, seed=0, batch_size=2000,
+                         sampling=config.sampling.__class__(steps=1))
+    counts = np.bincount(labels, minlength=10)
+    assert counts.min() > 150 and counts.max() < 250
+
+
+def test_given_labels_are_used(run_dir, tmp_path):
+    out = tmp_path / "l.npz"
+    assert main(["sample", str(run_dir), "--num", "3", "--out", str(out), "--labels", "7,7,1"]) == 0
+    assert np.load(out)["labels"].tolist() == [7, 7, 1]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num", "2", "--out", "x.txt"], ".npz"),
+        (["--num", "2", "--out", "x.npz", "--labels", "a,b"], "comma-separated integers"),
+        (["--num", "2", "--out", "x.npz", "--labels", "1,99"], "labels in"),
+    ],
+)
+def test_bad_sample_arguments(run_dir, tmp_path, args, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(run_dir), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_folder(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "none"), "--num", "1", "--out", str(tmp_path / "a.npz")]) == 2
+    assert "not found" in capsys.readouterr().err
