@@ -1,8 +1,5 @@
-import json
-
 import numpy as np
 import pytest
-import torch
 
 from dpdiffusion.cli import SAMPLER_NAMES, main
 from dpdiffusion.diffusion.generate import generate, load_release

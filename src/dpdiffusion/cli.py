@@ -93,13 +93,9 @@ def add_train_parser(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from dpdiffusion.data.datasets import load_dataset
-    from dpdiffusion.io import write_json_atomic
     from dpdiffusion.methods import dpdm
     from dpdiffusion.runconfig import load_config, resolve_plan
-    from dpdiffusion.training import ArrayDataset, Trainer, TrainSettings
 
     config = load_config(args.config, args.set)
     dataset = load_dataset(config.data, "train")
@@ -112,16 +108,8 @@ def run_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(json_safe(summary), indent=2))
         return 0
-    if config.performance.threads:
-        torch.set_num_threads(config.performance.threads)
-    torch.manual_seed(config.training.seed)
-    model, loss = dpdm.build(config)
-    run_dir = Path(args.run_dir or Path("runs") / config.name)
-    settings = TrainSettings(**dataclasses.asdict(config.training))
-    trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
-                      settings=settings, config=config.to_dict())
-    ledger = trainer.fit(resume=args.resume)
-    write_json_atomic(run_dir / "config.json", config.to_dict())  # after fit: it refuses a folder holding a run
+    trainer = dpdm.train(config, dataset, plan, Path(args.run_dir or Path("runs") / config.name), resume=args.resume)
+    ledger = trainer.ledger
     print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
           f"{plan.delta:.3g}; release in {trainer.run.release}")
     return 0

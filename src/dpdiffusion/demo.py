@@ -7,20 +7,17 @@ held-out digits (every fifth image, never trained on) -- the data owner's diagno
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dpdiffusion.data.datasets import load_dataset
 from dpdiffusion.diffusion.generate import generate, load_release, save_grid
 from dpdiffusion.io import write_json_atomic
 from dpdiffusion.methods import dpdm
 from dpdiffusion.runconfig import load_config, resolve_plan
-from dpdiffusion.training import Trainer, TrainSettings
 
 PRESET = "digits-eps10-cpu"
 
@@ -44,13 +41,7 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
     run_dir = run_dir or Path("runs") / f"demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     dataset = load_dataset(config.data, "train")
     plan = resolve_plan(config.privacy, len(dataset))
-    torch.manual_seed(config.training.seed)
-    model, loss = dpdm.build(config)
-    settings = dataclasses.replace(TrainSettings(**dataclasses.asdict(config.training)), progress=progress)
-    trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
-                      settings=settings, config=config.to_dict())
-    ledger = trainer.fit()
-    write_json_atomic(run_dir / "config.json", config.to_dict())
+    ledger = dpdm.train(config, dataset, plan, run_dir, progress=progress).ledger
     trained = time.perf_counter()
 
     released, released_config, privacy = load_release(run_dir)  # only what may leave the owner from here on

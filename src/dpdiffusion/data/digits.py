@@ -6,7 +6,10 @@ A fixed, public split: every fifth image (index % 5 == 0) is held out for evalua
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from dpdiffusion.data.transforms import resize, to_model_range
+
+__all__ = ["NUM_CLASSES", "load_digits", "to_model_range"]
 
 NUM_CLASSES = 10
 
@@ -22,12 +25,6 @@ def load_digits(split: str = "train", resolution: int | None = None) -> tuple[to
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
     held_out = torch.arange(len(labels)) % 5 == 0
     keep = held_out if split == "test" else ~held_out
-    images, labels = images[keep], labels[keep]
-    if resolution is not None and resolution != images.shape[-1]:
-        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    return images.round().clamp(0, 255).to(torch.uint8), labels
+    images = resize(images[keep], resolution)  # resized before rounding, as the source pixels are fractional
+    return images.round().clamp(0, 255).to(torch.uint8), labels[keep]
 
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float [-1, 1]: a fixed map, no statistic of the data."""
-    return images.float() / 127.5 - 1.0

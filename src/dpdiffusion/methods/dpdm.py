@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import torch
+
 from dpdiffusion.diffusion.loss import EDMLoss
 from dpdiffusion.diffusion.preconditioning import EDMPrecond
 from dpdiffusion.nets.unet import UNet
+from dpdiffusion.io import write_json_atomic
+from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.runconfig import RunConfig
+from dpdiffusion.training import Dataset, Trainer, TrainSettings
 
 
 def build(config: RunConfig) -> tuple[EDMPrecond, EDMLoss]:
@@ -20,3 +28,19 @@ def build(config: RunConfig) -> tuple[EDMPrecond, EDMLoss]:
         label_dropout=config.diffusion.label_dropout,
     )
     return model, loss
+
+
+def train(config: RunConfig, dataset: Dataset, plan: PrivacyPlan, run_dir: str | Path, *, resume: bool = False,
+          progress: bool = True) -> Trainer:
+    """Train (or resume) a DPDM run in ``run_dir`` to its planned steps; the run's config.json is written after
+    training starts cleanly (a folder that already holds another run is refused first)."""
+    if config.performance.threads:
+        torch.set_num_threads(config.performance.threads)
+    torch.manual_seed(config.training.seed)
+    model, loss = build(config)
+    settings = TrainSettings(**dataclasses.asdict(config.training), progress=progress)
+    trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
+                      settings=settings, config=config.to_dict())
+    trainer.fit(resume=resume)
+    write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
+    return trainer
