@@ -31,7 +31,7 @@ import time
 import torch
 
 from dpdiffusion.config import Performance
-from dpdiffusion.diffusion.loss import EDMLoss
+from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import EDMPrecond
 from dpdiffusion.dpsgd.step import DPSGD
 from dpdiffusion.nets.unet import UNet, UNetConfig, count_parameters
@@ -50,7 +50,7 @@ def rss_mb() -> float:
 def build(batch_size: int, k: int, seed: int = 0):
     torch.manual_seed(seed)
     precond = EDMPrecond(UNet(UNetConfig(num_classes=10)), sigma_data=math.sqrt(1 / 3))
-    loss = EDMLoss(precond, multiplicity=k, num_classes=10)
+    loss = DenoisingLoss(precond, multiplicity=k, num_classes=10)
     generator = torch.Generator().manual_seed(seed)
     batch = {
         "x": torch.rand(batch_size, 1, 28, 28, generator=generator) * 2 - 1,

@@ -23,16 +23,23 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"
+    name: str = "digits"  # digits, mnist, fmnist, cifar10, celeba32, celeba64 or imagefolder
     data_dir: str | None = None  # local copies instead of downloads (else $DPDIFFUSION_DATA_DIR, else the cache)
     resolution: int | None = None  # resize (a fixed, data-independent transform); None keeps the native size
+    label_attribute: str = "Male"  # celeba: the attribute that is the label (1 where +1, else 0)
+    path: str | None = None  # imagefolder: the training folder, one sub-folder of images per class
+    test_path: str | None = None  # imagefolder: the held-out folder (same class names); None: no test split
+    channels: int = 3  # imagefolder: 1 (images read as grayscale) or 3 (RGB)
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    sigma_data: float = 0.5
-    P_mean: float = -1.2
+    parameterisation: str = "edm"  # edm, vp, ve or v (v-prediction); each with its training noise levels
+    sigma_data: float = 0.5  # edm only
+    P_mean: float = -1.2  # edm: ln(sigma) ~ N(P_mean, P_std^2)
     P_std: float = 1.2
+    logsnr_min: float = -9.0  # v: sigma = tan(pi t / 2), t uniform where log-SNR in [logsnr_min, logsnr_max]
+    logsnr_max: float = 13.0
     label_dropout: float = 0.1  # classifier-free guidance: per-example probability of training without label
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dpdiffusion.diffusion.loss import EDMLoss
+from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import EDMPrecond
 from dpdiffusion.dpsgd.per_example import make_engine
 from dpdiffusion.nets.unet import UNet, UNetConfig
@@ -31,7 +31,7 @@ def test_denoiser_is_identity_at_tiny_noise_for_a_zero_network():
 
 
 def test_draws_have_multiplicity_shape_and_log_normal_levels():
-    loss = EDMLoss(EDMPrecond(torch.nn.Identity()), multiplicity=5, num_classes=10)
+    loss = DenoisingLoss(EDMPrecond(torch.nn.Identity()), multiplicity=5, num_classes=10)
     draws = loss.draw({"x": torch.zeros(2000, 1, 4, 4), "y": torch.zeros(2000, dtype=torch.long)},
                       torch.Generator().manual_seed(0))
     assert draws["sigma"].shape == (2000, 5) and draws["noise"].shape == (2000, 5, 1, 4, 4)
@@ -46,7 +46,7 @@ def test_per_example_gradients_of_the_edm_loss_with_a_unet(engine):
     model = EDMPrecond(UNet(UNetConfig(**TINY)))
     with torch.no_grad():
         model.net.conv_out.weight.normal_(0, 0.1)
-    loss = EDMLoss(model, multiplicity=3, num_classes=3)
+    loss = DenoisingLoss(model, multiplicity=3, num_classes=3)
     generator = torch.Generator().manual_seed(1)
     batch = {"x": torch.randn(3, 1, 8, 8, generator=generator), "y": torch.tensor([0, 2, 1])}
     draws = loss.draw(batch, generator)

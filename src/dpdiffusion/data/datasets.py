@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import torch
+
+from dpdiffusion.data.celeba import load_celeba
+from dpdiffusion.data.cifar10 import load_cifar10
 from dpdiffusion.data.digits import load_digits
+from dpdiffusion.data.fmnist import load_fmnist
+from dpdiffusion.data.imagefolder import load_imagefolder_split
 from dpdiffusion.data.mnist import load_mnist
 from dpdiffusion.data.transforms import resize, to_model_range
 from dpdiffusion.runconfig import ConfigError, DataConfig
 from dpdiffusion.training import ArrayDataset
 
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "celeba32", "celeba64", "imagefolder")
+
+
+def load_images(data: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The named dataset's split at its native size: images uint8 [N, C, H, W], labels int64 [N]."""
+    if data.name == "digits":
+        return load_digits(split, data.resolution)
+    if data.name == "mnist":
+        return load_mnist(split, data.data_dir)
+    if data.name == "fmnist":
+        return load_fmnist(split, data.data_dir)
+    if data.name == "cifar10":
+        return load_cifar10(split, data.data_dir)
+    if data.name in ("celeba32", "celeba64"):
+        return load_celeba(split, int(data.name[-2:]), data.label_attribute, data.data_dir)
+    if data.name == "imagefolder":
+        return load_imagefolder_split(split, data.path, data.test_path, data.resolution, data.channels)
+    raise ConfigError(f"data.name: unknown dataset {data.name!r} (available: {', '.join(DATASETS)})")
 
 
 def load_dataset(data: DataConfig, split: str) -> ArrayDataset:
-    """The named dataset's split, images mapped to [-1, 1] batch by batch."""
-    if data.name == "digits":
-        images, labels = load_digits(split, data.resolution)
-    elif data.name == "mnist":
-        images, labels = load_mnist(split, data.data_dir)
-    else:
-        raise ConfigError(f"data.name: unknown dataset {data.name!r} (available: {', '.join(DATASETS)})")
+    """The named dataset's split, resized to ``data.resolution`` if given, images mapped to [-1, 1] batch by
+    batch by a fixed map (no statistic of the data)."""
+    images, labels = load_images(data, split)
     return ArrayDataset(resize(images, data.resolution), labels, transform=to_model_range)

@@ -11,14 +11,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dpdiffusion.diffusion.preconditioning import EDMPrecond
+from dpdiffusion.diffusion.denoiser import build_denoiser
+from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.diffusion.samplers import SAMPLERS, guided
 from dpdiffusion.diffusion.schedules import ImageNoise, karras_sigmas
-from dpdiffusion.nets.unet import UNet
 from dpdiffusion.runconfig import ConfigError, RunConfig, SamplingConfig, config_from_dict
 
 
-def load_release(run_dir: str | Path) -> tuple[EDMPrecond, RunConfig, dict]:
+def load_release(run_dir: str | Path) -> tuple[Precond, RunConfig, dict]:
     """The released denoiser, its configuration and its privacy report, from ``RUN_DIR/release``."""
     path = Path(run_dir) / "release" / "model.safetensors"
     if not path.is_file():
@@ -28,7 +28,7 @@ def load_release(run_dir: str | Path) -> tuple[EDMPrecond, RunConfig, dict]:
     if "config" not in meta:
         raise ConfigError(f"{path} has no dpdiffusion configuration in its header")
     config = config_from_dict(meta["config"])
-    model = EDMPrecond(UNet(config.model), sigma_data=config.diffusion.sigma_data)
+    model = build_denoiser(config.model, config.diffusion)
     model.load_state_dict(load_file(str(path)))
     return model.eval().requires_grad_(False), config, meta.get("privacy", {})
 
@@ -45,7 +45,7 @@ def uniform_labels(num: int, num_classes: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(
-    model: EDMPrecond,
+    model: Precond,
     config: RunConfig,
     *,
     num: int,

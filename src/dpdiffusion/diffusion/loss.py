@@ -3,26 +3,27 @@ independent draws of noise level and noise, so that clipping bounds the whole ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dpdiffusion.diffusion.preconditioning import EDMPrecond
+from dpdiffusion.diffusion.noise_levels import LogNormal
+from dpdiffusion.diffusion.preconditioning import Precond
 
 
 @dataclass(frozen=True)
-class EDMLoss:
-    """Per-example EDM loss, shape [b], over K draws: sigma ~ exp(N(P_mean, P_std^2)) and n ~ N(0, sigma^2).
+class DenoisingLoss:
+    """Per-example denoising loss, shape [b], over K draws: sigma ~ ``levels`` (EDM's log-normal by default) and
+    n ~ N(0, sigma^2), weighted by the preconditioning's lambda(sigma).
 
     Classifier-free guidance: each draw keeps its label with probability 1 - label_dropout, else uses the
     "no label" index ``num_classes``. The draw is per example (and per multiplicity draw), so it stays inside
     the clipped per-example loss.
     """
 
-    precond: EDMPrecond
+    precond: Precond
     multiplicity: int = 1
-    P_mean: float = -1.2
-    P_std: float = 1.2
+    levels: LogNormal = field(default_factory=LogNormal)  # any noise-level distribution with .sample
     num_classes: int = 0
     label_dropout: float = 0.1
 
@@ -30,8 +31,7 @@ class EDMLoss:
         x = batch["x"]
         b, k = x.shape[0], self.multiplicity
         draws = {
-            # EDM Sec. 5 training noise levels: ln(sigma) ~ N(P_mean, P_std^2)
-            "sigma": (torch.randn(b, k, generator=generator) * self.P_std + self.P_mean).exp(),
+            "sigma": self.levels.sample((b, k), generator),
             "noise": torch.randn(b, k, *x.shape[1:], generator=generator),
         }
         if self.num_classes:

@@ -7,23 +7,22 @@ from pathlib import Path
 
 import torch
 
-from dpdiffusion.diffusion.loss import EDMLoss
-from dpdiffusion.diffusion.preconditioning import EDMPrecond
-from dpdiffusion.nets.unet import UNet
+from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
+from dpdiffusion.diffusion.loss import DenoisingLoss
+from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.io import write_json_atomic
 from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.runconfig import RunConfig
 from dpdiffusion.training import Dataset, Trainer, TrainSettings
 
 
-def build(config: RunConfig) -> tuple[EDMPrecond, EDMLoss]:
+def build(config: RunConfig) -> tuple[Precond, DenoisingLoss]:
     """The denoiser D(x, sigma, labels) to train, and its per-example loss with K noise draws."""
-    model = EDMPrecond(UNet(config.model), sigma_data=config.diffusion.sigma_data)
-    loss = EDMLoss(
+    model = build_denoiser(config.model, config.diffusion)
+    loss = DenoisingLoss(
         model,
         multiplicity=config.privacy.multiplicity,
-        P_mean=config.diffusion.P_mean,
-        P_std=config.diffusion.P_std,
+        levels=training_levels(config.diffusion),
         num_classes=config.model.num_classes,
         label_dropout=config.diffusion.label_dropout,
     )
