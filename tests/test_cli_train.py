@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from dpdiffusion.cli import main
@@ -50,6 +51,8 @@ def test_train_writes_release_and_owner_and_refuses_to_overwrite(config, tmp_pat
         (["--set", "privacy.delta=0.5"], "delta"),
         (["--set", "privacy.target_epsilon=-1"], "target epsilon"),
         (["--set", "data.name=nowhere"], "unknown dataset"),
+        (["--set", "diffusion.parameterisation=ddpm"], "diffusion.parameterisation: unknown 'ddpm'"),
+        (["--set", "diffusion.parameterisation=v", "--set", "diffusion.logsnr_min=20"], "logsnr_min < logsnr_max"),
     ],
 )
 def test_bad_settings_give_one_line_and_exit_2(config, extra, message, capsys):
@@ -61,3 +64,38 @@ def test_bad_settings_give_one_line_and_exit_2(config, extra, message, capsys):
 def test_presets_listed(capsys):
     assert main(["presets"]) == 0
     assert "digits-eps10-cpu" in capsys.readouterr().out
+
+
+def test_interrupted_cli_run_resumes_to_the_uninterrupted_result(config, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the step-2 checkpoint, then `train --resume`: same weights and ledger as a straight run."""
+    import dpdiffusion.training as training
+
+    monkeypatch.setattr(training, "secret_seeds", lambda _: (11, 12))  # the same secret streams for both runs
+    cfg = ["train", config, "--set", "privacy.steps=5"]
+    assert main([*cfg, "--run-dir", str(tmp_path / "straight")]) == 0
+
+    real_step, calls = training.Trainer.step, []
+
+    def interrupted_step(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(training.Trainer, "step", interrupted_step)
+    assert main([*cfg, "--run-dir", str(tmp_path / "cut")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(training.Trainer, "step", real_step)
+    assert main([*cfg, "--run-dir", str(tmp_path / "cut"), "--resume"]) == 0
+    straight = load_file(str(tmp_path / "straight/release/model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut/release/model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    spent = [json.loads((tmp_path / run / "release/privacy.json").read_text())["spent"] for run in ("straight", "cut")]
+    assert spent[0] == spent[1] and spent[0]["steps"] == 5
+
+
+def test_data_dir_flag_points_at_local_copies(config, tmp_path, capsys):
+    assert main(["train", config, "--dry-run", "--set", "data.name=mnist", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "mnist") in err and "not found" in err

@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from dpdiffusion.data.datasets import DATASETS
+from dpdiffusion.nets.unet import count_parameters
 from dpdiffusion.runconfig import load_config, preset_names, resolve_plan
 
 
@@ -32,3 +34,43 @@ def test_mnist_dry_run_reads_the_local_copy(capsys):
     assert main(["train", "mnist-eps10", "--dry-run"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dataset"]["size"] == 60000 and out["privacy"]["noise_multiplier"] == pytest.approx(2.388, rel=0.01)
+
+
+# The paper's settings (DPDM, Table and reference configs): (delta, B, epochs, K, parameterisation, classes)
+PAPER = {
+    "mnist-eps0.2": (0.2, 1e-5, 4096, 300, 32, "v", 10),
+    "fmnist-eps0.2": (0.2, 1e-5, 4096, 300, 32, "v", 10),
+    "fmnist-eps1": (1, 1e-5, 4096, 300, 32, "edm", 10),
+    "fmnist-eps10": (10, 1e-5, 4096, 300, 32, "edm", 10),
+    "celeba32-eps1": (1, 1e-6, 2048, 300, 32, "edm", 0),
+    "celeba32-eps10": (10, 1e-6, 2048, 300, 32, "edm", 0),
+    "celeba64-eps1": (1, 1e-6, 2048, 300, 8, "edm", 0),
+    "celeba64-eps10": (10, 1e-6, 2048, 300, 8, "edm", 0),
+    "cifar10-eps10": (10, 1e-5, 2048, 500, 8, "edm", 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_presets(name):
+    config = load_config(name)
+    p = config.privacy
+    eps, delta, batch, epochs, k, parameterisation, classes = PAPER[name]
+    assert (p.target_epsilon, p.delta, p.batch_size, p.epochs, p.multiplicity, p.max_grad_norm) == (eps, delta, batch, epochs, k, 1.0)
+    assert config.diffusion.parameterisation == parameterisation and config.model.num_classes == classes
+    assert config.data.name in DATASETS
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_names_a_known_dataset_and_builds_its_denoiser(name):
+    from dpdiffusion.diffusion.denoiser import build_denoiser
+
+    config = load_config(name)
+    assert config.data.name in DATASETS
+    model = build_denoiser(config.model, config.diffusion)
+    if name.startswith(("mnist", "fmnist")) and not name.endswith("-cpu"):
+        assert abs(count_parameters(model) - 1.75e6) < 0.02e6  # DPDM's MNIST network
+
+
+def test_epsilon_0_2_presets_really_target_0_2():
+    plan = resolve_plan(load_config("mnist-eps0.2").privacy, 60000)
+    assert plan.planned_epsilon <= 0.2 and plan.noise_multiplier > 10

@@ -24,6 +24,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def add_privacy_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "privacy",
@@ -87,6 +94,7 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--run-dir", help="run folder (default runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and privacy plan as JSON")
+    parser.add_argument("--data-dir", help="local dataset copies, <dir>/<dataset>/<files> (same as --set data.data_dir=DIR)")
     parser.set_defaults(handler=run_train)
 
 
@@ -98,11 +106,19 @@ def run_train(args: argparse.Namespace) -> int:
     from dpdiffusion.runconfig import load_config, resolve_plan
 
     config = load_config(args.config, args.set)
+    if args.data_dir:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=args.data_dir))
     dataset = load_dataset(config.data, "train")
     plan = resolve_plan(config.privacy, len(dataset))
     if args.dry_run:
+        from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
+        from dpdiffusion.nets.unet import count_parameters
+
+        training_levels(config.diffusion)  # checks the noise-level settings
         summary = {
             "config": config.to_dict(),
+            "model": {"parameters": count_parameters(build_denoiser(config.model, config.diffusion)),
+                      "parameterisation": config.diffusion.parameterisation},
             "dataset": {"name": config.data.name, "split": "train", "size": len(dataset)},
             "privacy": {**plan.to_dict(), "planned_epsilon": plan.planned_epsilon},
         }
@@ -155,7 +171,7 @@ def run_sample(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CliError(f"--labels must be comma-separated integers, got {args.labels!r}") from error
     images, drawn = generate(model, config, num=args.num, sampling=sampling, labels=labels, seed=args.seed,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, progress=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.npz")
     np.savez_compressed(tmp, images=images, labels=drawn)
@@ -181,6 +197,94 @@ def run_demo(args: argparse.Namespace) -> int:
     return demo.main(Path(args.run_dir) if args.run_dir else None, args.set, args.num_samples)
 
 
+def add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="FID, precision/recall and downstream accuracy of synthetic images, with a report",
+        description="Evaluate a run's released model (RUN_DIR: samples are generated) or a samples file against a "
+                    "real dataset. Writes metrics.json, report.md and report.html (default: RUN_DIR/owner/evaluation "
+                    "or beside the samples file): owner-side results that use private data without noise.")
+    parser.add_argument("source", metavar="RUN_DIR|SAMPLES.npz")
+    parser.add_argument("--dataset", help="real dataset to compare with (default: the run's)")
+    parser.add_argument("--data-dir", help="local dataset copies (else $DPDIFFUSION_DATA_DIR, else downloads)")
+    parser.add_argument("--data-path", help="imagefolder: the training folder (one sub-folder per class)")
+    parser.add_argument("--test-path", help="imagefolder: the test folder")
+    parser.add_argument("--metrics", default="fid,pr,acc", help="comma-separated: fid, pr, acc")
+    parser.add_argument("--num", type=_count, default=60000, help="images to generate from RUN_DIR (DPDM: 60000)")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--seed", type=_positive_int, default=0)
+    parser.add_argument("--ref-split", default="train", help="reference split for FID and precision/recall")
+    parser.add_argument("--ref-num", type=_positive_int, help="reference images (default: the whole split)")
+    parser.add_argument("--fid-num", type=_count, help="synthetic images for FID and precision/recall (default: all)")
+    parser.add_argument("--pr-num", type=_count, default=10000, help="images per side for precision/recall")
+    parser.add_argument("--inception", help="local Inception detector (else $DPDIFFUSION_INCEPTION, else download)")
+    parser.add_argument("--classifiers", help="comma-separated: logreg, mlp, cnn, resnet9 (default by channels)")
+    parser.add_argument("--epochs", type=_count, default=50, help="classifier epochs (DPDM: 50)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the classifiers trained on real data")
+    parser.add_argument("--batch-size", type=_count, default=256, help="sampling batch size")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpdiffusion.evaluation.classifiers import CLASSIFIERS, ClassifierSettings
+    from dpdiffusion.evaluation.evaluate import EvaluationSettings, evaluate, load_samples, read_log
+    from dpdiffusion.evaluation.report import write_report
+    from dpdiffusion.runconfig import DataConfig
+
+    source = Path(args.source)
+    classifiers = tuple(c for c in (args.classifiers or "").split(",") if c) or None
+    if classifiers and set(classifiers) - set(CLASSIFIERS):
+        raise CliError(f"--classifiers: unknown {', '.join(sorted(set(classifiers) - set(CLASSIFIERS)))} "
+                       f"(choose from {', '.join(CLASSIFIERS)})")
+    settings = EvaluationSettings(
+        metrics=tuple(m for m in args.metrics.split(",") if m), num=args.num, seed=args.seed, ref_split=args.ref_split,
+        ref_num=args.ref_num, fid_num=args.fid_num, pr_num=args.pr_num, classifiers=classifiers, inception=args.inception,
+        classifier=ClassifierSettings(epochs=args.epochs, seed=args.seed), ceiling=not args.no_ceiling,
+    )
+    if source.is_dir():
+        import numpy as np
+
+        from dpdiffusion.diffusion.generate import generate, load_release
+
+        model, config, privacy = load_release(source)
+        data = dataclasses.replace(config.data, name=args.dataset or config.data.name,
+                                   data_dir=args.data_dir or config.data.data_dir, resolution=config.model.img_resolution,
+                                   path=args.data_path or config.data.path,
+                                   test_path=args.test_path or config.data.test_path)
+        out = Path(args.out) if args.out else source / "owner" / "evaluation"
+        images, labels = generate(model, config, num=settings.num, seed=settings.seed, batch_size=args.batch_size,
+                                  progress=True)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / "samples.npz", images=images, labels=labels)
+        num_classes, log, title = config.model.num_classes, read_log(source), f"Evaluation of {source}"
+    elif source.suffix == ".npz":
+        if not source.is_file():
+            raise CliError(f"{source} not found")
+        if not args.dataset:
+            raise CliError("--dataset is required with a samples file")
+        images, labels = load_samples(source)
+        data = DataConfig(name=args.dataset, data_dir=args.data_dir, resolution=int(images.shape[1]),
+                          path=args.data_path, test_path=args.test_path, channels=int(images.shape[-1]))
+        out = Path(args.out) if args.out else source.with_name(f"{source.stem}-evaluation")
+        num_classes, privacy, log, title = int(max(labels.max(), 0)) + 1, {}, [], f"Evaluation of {source}"
+    else:
+        raise CliError(f"{source} is neither a run folder nor a .npz samples file")
+    metrics = evaluate(images, labels, data, settings, num_classes)
+    files = write_report(out, title=title, images=images, labels=labels, metrics=metrics, privacy=privacy, log=log,
+                         num_classes=num_classes)
+    if "fid" in metrics:
+        print(f"FID {metrics['fid']['value']:.2f}")
+    if "precision_recall" in metrics:
+        print(f"precision {metrics['precision_recall']['precision']:.3f} recall {metrics['precision_recall']['recall']:.3f}")
+    for name, entry in metrics.get("downstream", {}).get("classifiers", {}).items():
+        ceiling = entry.get("real_ceiling", {}).get("test_accuracy")
+        print(f"accuracy {name}: {entry['synthetic']['test_accuracy']:.2%}"
+              + (f" (real-data ceiling {ceiling:.2%})" if ceiling is not None else ""))
+    print(f"report: {files['html']} and {files['markdown']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpdiffusion",
@@ -193,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_presets_parser(subparsers)
     add_sample_parser(subparsers)
     add_demo_parser(subparsers)
+    add_evaluate_parser(subparsers)
     return parser
 
 

@@ -38,6 +38,7 @@ def test_draws_have_multiplicity_shape_and_log_normal_levels():
     log_sigma = draws["sigma"].log()
     assert abs(log_sigma.mean().item() + 1.2) < 0.03 and abs(log_sigma.std().item() - 1.2) < 0.03
     assert abs(draws["keep_label"].float().mean().item() - 0.9) < 0.01
+    assert (draws["keep_label"] == draws["keep_label"][:, :1]).all()  # one label draw per example
 
 
 @pytest.mark.parametrize("engine", ["vmap", "layerwise", "opacus"])

@@ -97,3 +97,24 @@ def test_each_parameterisation_trains_through_the_same_loss(name):
 def test_unknown_parameterisation_is_a_config_error():
     with pytest.raises(ConfigError, match="diffusion.parameterisation"):
         training_levels(DiffusionConfig(parameterisation="ddpm"))
+
+
+def test_ddpm_sigma_matches_the_cumulative_product_and_the_mixture_hits_its_weights():
+    from dpdiffusion.diffusion.noise_levels import BIASED_DDPM, DDPMTimes, Mixture, ddpm_sigma
+
+    betas = [1e-4 + (0.02 - 1e-4) * i / 999 for i in range(1000)]
+    alpha_bar, expected = 1.0, []
+    for beta in betas:
+        alpha_bar *= 1 - beta
+        expected.append(math.sqrt(1 / alpha_bar - 1))
+    torch.testing.assert_close(ddpm_sigma(torch.arange(1000)), torch.tensor(expected, dtype=torch.float64))
+    sigma = BIASED_DDPM.sample((40000,), torch.Generator().manual_seed(0)).double()
+    edges = ddpm_sigma(torch.tensor([200, 800]))
+    shares = [(sigma < edges[0]).double().mean(), ((sigma >= edges[0]) & (sigma < edges[1])).double().mean(),
+              (sigma >= edges[1]).double().mean()]
+    for share, weight in zip(shares, (0.015, 0.785, 0.2)):
+        assert abs(float(share) - weight) < 0.01
+    with pytest.raises(ValueError):
+        Mixture((DDPMTimes(),), (0.5,))
+    with pytest.raises(ValueError):
+        DDPMTimes(500, 100)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -53,6 +54,7 @@ def generate(
     labels: torch.Tensor | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``num`` images as uint8 [N, H, W, C] and their labels int64 [N] (-1 for an unconditional model)."""
     sampling = sampling or config.sampling
@@ -67,7 +69,7 @@ def generate(
     seeds = image_seeds(seed, num)
     shape = (config.model.in_channels, config.model.img_resolution, config.model.img_resolution)
     chunks = []
-    for start in range(0, num, batch_size):
+    for start in tqdm(range(0, num, batch_size), desc="sampling", unit="batch", disable=not progress, leave=False):
         stop = min(start + batch_size, num)
         noise = ImageNoise(seeds[start:stop])
         x = noise.randn(shape) * sigmas[0]

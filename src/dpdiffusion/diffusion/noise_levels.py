@@ -80,3 +80,55 @@ class TanUniform:
         t_lo, t_hi = self.time_range()
         t = t_lo + (t_hi - t_lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
         return torch.tan(math.pi * t / 2).float()
+
+
+def ddpm_sigma(t: torch.Tensor, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """sigma of DDPM's discrete linear schedule at integer times t in [0, T): sqrt(1 / alpha_bar_t - 1), the
+    noise level of x_t / sqrt(alpha_bar_t) in EDM's variance-exploding form."""
+    betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1 - betas, dim=0)
+    return (1 / alpha_bar[t.long()] - 1).sqrt()
+
+
+@dataclass(frozen=True)
+class DDPMTimes:
+    """t uniform on the integers [t_min, t_max) of DDPM's linear schedule (T steps), as the level sigma(t)."""
+
+    t_min: int = 0
+    t_max: int = 1000
+    T: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t_min < self.t_max <= self.T:
+            raise ValueError(f"need 0 <= t_min < t_max <= T, got {self.t_min}, {self.t_max}, {self.T}")
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        t = torch.randint(self.t_min, self.t_max, shape, generator=generator)
+        return ddpm_sigma(t, self.T).float()
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Biased timestep sampling: draw from component i with probability weights[i] (the weights sum to 1)."""
+
+    components: tuple
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.components) != len(self.weights) or not self.components:
+            raise ValueError("a mixture needs one weight per component, and at least one component")
+        if min(self.weights) < 0 or abs(sum(self.weights) - 1) > 1e-6:
+            raise ValueError(f"mixture weights must be >= 0 and sum to 1, got {self.weights}")
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        which = torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), int(torch.Size(shape).numel()),
+                                  replacement=True, generator=generator).reshape(shape)
+        out = torch.empty(shape)
+        for i, component in enumerate(self.components):  # every component draws the full shape: fixed RNG use
+            out = torch.where(which == i, component.sample(shape, generator), out)
+        return out
+
+
+# Biased timestep sampling as used by public re-implementations of Ghalebikesabi et al. (2023) for DP
+# fine-tuning of a DDPM-pretrained model: mostly intermediate times, some of the noisiest, few of the cleanest.
+BIASED_DDPM = Mixture((DDPMTimes(0, 200), DDPMTimes(200, 800), DDPMTimes(800, 1000)), (0.015, 0.785, 0.2))

@@ -1,0 +1,156 @@
+"""``dpdiffusion evaluate``: the metrics of a synthetic set (from a run's released model, or a samples file)
+against a real dataset, written as metrics.json and a report.
+
+Everything here runs on the data owner's side: FID against the training split and the ceiling classifier are
+computed from private data without noise, and the report says so."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dpdiffusion.evaluation.classifiers import ClassifierSettings, default_classifiers, train_and_test
+from dpdiffusion.evaluation.fid import Statistics, frechet_distance, reference_path, reference_subset
+from dpdiffusion.evaluation.precision_recall import precision_recall
+from dpdiffusion.runconfig import ConfigError, DataConfig
+
+METRICS = ("fid", "pr", "acc")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    metrics: tuple[str, ...] = METRICS
+    num: int = 60000  # synthetic images to generate from a run folder (DPDM: 60k; a samples file is used whole)
+    seed: int = 0
+    ref_split: str = "train"  # FID / precision-recall reference split
+    ref_num: int | None = None  # reference images: None = the whole split
+    fid_num: int | None = None  # synthetic images for FID and precision/recall: None = all of them
+    pr_k: int = 3
+    pr_num: int = 10000  # at most this many images on each side for precision/recall (k-NN is quadratic)
+    classifiers: tuple[str, ...] | None = None  # None: default_classifiers(channels)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    ceiling: bool = True  # also train each classifier on the real training split
+    inception: str | None = None
+    progress: bool = True
+
+
+def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` uint8 [N, H, W, C] and ``labels`` int64 [N] from a samples file (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, labels = data["images"], data["labels"]
+    except KeyError as error:
+        raise ConfigError(f"{path}: a samples file needs arrays 'images' and 'labels'") from error
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable .npz samples file ({error})") from error
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ConfigError(f"{path}: 'images' must be uint8 [N, H, W, 1 or 3], got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ConfigError(f"{path}: 'labels' must have one entry per image, got {labels.shape} for {len(images)}")
+    if len(images) == 0:
+        raise ConfigError(f"{path}: holds no images")
+    return images, labels.astype(np.int64)
+
+
+def real_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    from dpdiffusion.data.datasets import load_dataset
+
+    dataset = load_dataset(data, split)
+    return dataset.x.permute(0, 2, 3, 1).contiguous().numpy(), dataset.y.numpy()
+
+
+def reference_features(data: DataConfig, settings: EvaluationSettings, detector) -> tuple[np.ndarray, dict]:
+    """Inception features of the reference images, cached per (dataset, split, resolution, count)."""
+    from dpdiffusion.evaluation.inception import inception_features
+
+    from dpdiffusion.evaluation.inception import detector_path
+
+    images, _ = real_images(data, settings.ref_split)
+    subset = reference_subset(len(images), settings.ref_num)
+    detector_file = detector_path(settings.inception)
+    source = json.dumps([dataclasses.asdict(data), str(detector_file.resolve()), detector_file.stat().st_size])
+    path = reference_path(data.name, settings.ref_split, images.shape[1], len(subset), source)
+    if path.exists():
+        features = np.load(path, allow_pickle=False)
+    else:
+        features = inception_features(images[subset], detector, progress=settings.progress,
+                                      desc=f"reference {data.name} {settings.ref_split}").astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npy")
+        np.save(tmp, features)
+        tmp.replace(path)
+    features = features.astype(np.float64)  # cached or not: the same float32-rounded features
+    info = {"dataset": data.name, "split": settings.ref_split, "images": len(subset), "of": len(images),
+            "resolution": int(images.shape[1])}
+    return features, info
+
+
+def evaluate(images: np.ndarray, labels: np.ndarray, data: DataConfig, settings: EvaluationSettings,
+             num_classes: int) -> dict:
+    """The chosen metrics of ``images`` against ``data``; unknown metrics are a ConfigError."""
+    unknown = [m for m in settings.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"--metrics: unknown {', '.join(unknown)} (choose from {', '.join(METRICS)})")
+    results: dict = {"synthetic": {"images": len(images), "shape": list(images.shape[1:])}}
+    if {"fid", "pr"} & set(settings.metrics):
+        from dpdiffusion.evaluation.inception import inception_features, load_detector
+
+        detector = load_detector(settings.inception)
+        real, reference = reference_features(data, settings, detector)
+        scored = images[: settings.fid_num] if settings.fid_num else images
+        fake = inception_features(scored, detector, progress=settings.progress, desc="synthetic")
+        fake = fake.astype(np.float32).astype(np.float64)  # rounded like the cached reference features
+        if "fid" in settings.metrics:
+            results["fid"] = {"value": frechet_distance(Statistics.of(fake), Statistics.of(real)),
+                              "reference": reference, "synthetic_images": len(scored)}
+        if "pr" in settings.metrics:
+            rng = np.random.default_rng(settings.seed)
+            pick = lambda f: f[np.sort(rng.permutation(len(f))[: settings.pr_num])]  # noqa: E731
+            results["precision_recall"] = {**precision_recall(pick(real), pick(fake), k=settings.pr_k),
+                                           "real_images": min(len(real), settings.pr_num),
+                                           "synthetic_images": min(len(fake), settings.pr_num)}
+    if "acc" in settings.metrics:
+        results["downstream"] = downstream(images, labels, data, settings, num_classes)
+    return results
+
+
+def downstream(images: np.ndarray, labels: np.ndarray, data: DataConfig, settings: EvaluationSettings,
+               num_classes: int) -> dict:
+    if (labels < 0).any():
+        return {"skipped": "the synthetic images have no class labels (an unconditional model)"}
+    test_images, test_labels = real_images(data, "test")
+    num_classes = max(num_classes, int(test_labels.max()) + 1)
+    if (labels >= num_classes).any():
+        raise ConfigError(f"synthetic labels must lie in [0, {num_classes}) for {data.name}")
+    if test_images.shape[1:] != images.shape[1:]:
+        raise ConfigError(f"synthetic images are {images.shape[1:]} but {data.name} test images are "
+                          f"{test_images.shape[1:]}: give the matching dataset resolution")
+    names = settings.classifiers or default_classifiers(images.shape[-1])
+    out: dict = {"test_split": f"{data.name} test", "test_images": len(test_images), "classifiers": {}}
+    train = real_images(data, "train") if settings.ceiling else None
+    for name in names:
+        entry = {"synthetic": train_and_test(name, images, labels, test_images, test_labels, num_classes=num_classes,
+                                             settings=settings.classifier, progress=settings.progress)}
+        if train is not None:
+            entry["real_ceiling"] = train_and_test(name, *train, test_images, test_labels, num_classes=num_classes,
+                                                   settings=settings.classifier, progress=settings.progress)
+        out["classifiers"][name] = entry
+    return out
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    """The owner's training log (one JSON object per logged step); empty if there is none."""
+    path = run_dir / "owner" / "log.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return rows

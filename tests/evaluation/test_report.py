@@ -1,0 +1,28 @@
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from dpdiffusion.evaluation.report import OWNER_NOTE, svg_plot, write_report
+
+
+def test_svg_plot_is_well_formed_even_without_points():
+    for xs, ys in (([1, 2, 3], [0.5, 0.2, 0.1]), ([], []), ([1], [float("nan")])):
+        root = ET.fromstring(svg_plot(xs, ys, title="t <&>", xlabel="x", ylabel="y"))
+        assert root.tag.endswith("svg")
+
+
+def test_report_has_metrics_grids_privacy_and_plots(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(30, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(30) % 3
+    metrics = {"fid": {"value": 12.5, "synthetic_images": 30,
+                       "reference": {"dataset": "digits", "split": "train", "images": 20, "of": 20, "resolution": 8}}}
+    privacy = {"private": True, "accountant": "prv", "spent": {"epsilon": 1.5, "delta": 1e-5, "steps": 10},
+               "plan": {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 10, "delta": 1e-5, "accountant": "rdp",
+                        "max_grad_norm": 1.0, "multiplicity": 1, "dataset_size": 100}}
+    log = [{"step": s, "loss_sum": 10.0 / s, "batch_size": 5} for s in (1, 2, 3)]
+    files = write_report(tmp_path, title="t", images=images, labels=labels, metrics=metrics, privacy=privacy, log=log,
+                         num_classes=3)
+    page = files["html"].read_text()
+    assert "12.50" in page and "1.5 at delta 1e-05" in page and page.count("<svg") == 2
+    assert OWNER_NOTE.split(":")[0] in page and "data:image/png;base64," in page
+    assert (tmp_path / "samples_class2.png").exists() and "![loss](loss.svg)" in files["markdown"].read_text()
