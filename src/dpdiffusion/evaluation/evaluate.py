@@ -64,10 +64,9 @@ def real_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_features(data: DataConfig, settings: EvaluationSettings, detector) -> tuple[np.ndarray, dict]:
-    """Inception features of the reference images, cached per (dataset, split, resolution, count)."""
-    from dpdiffusion.evaluation.inception import inception_features
-
-    from dpdiffusion.evaluation.inception import detector_path
+    """Inception features of the reference images, cached per (dataset settings, split, resolution, count,
+    detector file)."""
+    from dpdiffusion.evaluation.inception import detector_path, inception_features
 
     images, _ = real_images(data, settings.ref_split)
     subset = reference_subset(len(images), settings.ref_num)
