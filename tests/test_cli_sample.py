@@ -4,14 +4,9 @@ import pytest
 from dpdiffusion.cli import SAMPLER_NAMES, main
 from dpdiffusion.diffusion.generate import generate, load_release
 from dpdiffusion.diffusion.samplers import SAMPLERS
+from tests.tiny import TINY_RUN
 
-TINY = """
-data: {name: digits}
-model: {img_resolution: 8, model_channels: 8, channel_mult: [1], num_blocks: 1, attn_resolutions: [], num_classes: 10}
-privacy: {target_epsilon: 5, delta: 1.0e-4, batch_size: 64, steps: 2}
-training: {checkpoint_every: 2, log_every: 1}
-sampling: {steps: 4}
-"""
+TINY = TINY_RUN
 
 
 @pytest.fixture(scope="module")

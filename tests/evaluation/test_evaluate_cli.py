@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dpdiffusion.cli import main
+from tests.tiny import TINY_RUN
 
 
 def digits_samples(path: Path, n: int = 1437) -> Path:
@@ -59,19 +60,11 @@ def test_samples_file_needs_a_dataset(tmp_path, capsys):
     assert "--dataset is required" in capsys.readouterr().err
 
 
-TINY = """
-data: {name: digits}
-model: {img_resolution: 8, model_channels: 8, channel_mult: [1], num_blocks: 1, attn_resolutions: [], num_classes: 10}
-privacy: {target_epsilon: 5, delta: 1.0e-4, batch_size: 64, steps: 3}
-training: {checkpoint_every: 3, log_every: 1}
-sampling: {steps: 3}
-"""
-
-
 def test_evaluate_a_run_folder_generates_samples_and_reports_privacy_and_curves(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
     run = tmp_path / "run"
-    assert main(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(run)]) == 0
+    assert main(["train", str(tmp_path / "tiny.yaml"), "--run-dir", str(run), "--set", "privacy.steps=3",
+                 "--set", "training.checkpoint_every=3", "--set", "sampling.steps=3"]) == 0
     assert main(["evaluate", str(run), "--num", "40", "--metrics", "acc", "--classifiers", "logreg", "--epochs", "1",
                  "--no-ceiling"]) == 0
     out = run / "owner" / "evaluation"  # owner-side by default: it uses private data without noise

@@ -7,6 +7,7 @@ the DP engine do not depend on which one is used.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -17,7 +18,7 @@ from dpdiffusion.diffusion.noise_levels import vp_sigma_inv
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class Precond(nn.Module):
+class Precond(nn.Module, abc.ABC):
     """D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, labels); subclasses give the coefficients and
     the loss weight lambda(sigma) that makes the effective training target of F unit-variance."""
 
@@ -26,11 +27,13 @@ class Precond(nn.Module):
         self.net = net
         self.sigma_data = sigma_data
 
+    @abc.abstractmethod
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
-        raise NotImplementedError
+        """(c_skip, c_out, c_in, c_noise), each shaped like ``sigma``."""
 
+    @abc.abstractmethod
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """lambda(sigma) = 1 / c_out^2."""
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         sigma = sigma.to(x.dtype).reshape(-1)
