@@ -74,3 +74,32 @@ def test_every_preset_names_a_known_dataset_and_builds_its_denoiser(name):
 def test_epsilon_0_2_presets_really_target_0_2():
     plan = resolve_plan(load_config("mnist-eps0.2").privacy, 60000)
     assert plan.planned_epsilon <= 0.2 and plan.noise_multiplier > 10
+
+
+def test_finetune_mnist_cpu_holds_out_10k_public_images_from_the_private_50k():
+    from dpdiffusion.data.datasets import subset_range
+
+    config = load_config("finetune-mnist-eps1-cpu")
+    assert config.name.startswith("finetune-") and config.privacy.target_epsilon == 1
+    assert (config.data.name, config.pretrain.data.name) == ("mnist", "mnist")
+    public, private = subset_range(config.pretrain.data.subset, 60000), subset_range(config.data.subset, 60000)
+    assert len(public) == 10000 and len(private) == 50000 and not set(public) & set(private)
+
+
+def test_finetune_digits_to_mnist_pretrains_on_upscaled_digits():
+    config = load_config("finetune-digits-to-mnist-eps1-cpu")
+    assert (config.pretrain.data.name, config.pretrain.data.resolution) == ("digits", 28)
+    assert config.data.name == "mnist" and config.data.subset is None and config.privacy.target_epsilon == 1
+
+
+@pytest.mark.parametrize("name, eps", [("finetune-cifar10-eps1", 1), ("finetune-cifar10-eps5", 5),
+                                       ("finetune-cifar10-eps10", 10), ("finetune-camelyon17-eps10", 10)])
+def test_finetune_gpu_presets_are_the_papers_setup(name, eps):
+    from dpdiffusion.diffusion.denoiser import build_denoiser
+
+    config = load_config(name)
+    assert config.privacy.target_epsilon == eps and config.pretrain.data.name == "imagenet32"
+    assert not config.pretrain.labels  # ImageNet's classes are not the private data's
+    assert config.diffusion.parameterisation == "vp" and config.diffusion.time_weights == (0.015, 0.785, 0.2)
+    assert config.diffusion.augment_flip and config.diffusion.augment_translate == 4
+    assert 75e6 < count_parameters(build_denoiser(config.model, config.diffusion)) < 90e6  # "~80M parameters"

@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dpdiffusion.data.datasets import load_dataset
-    from dpdiffusion.methods import dpdm
+    from dpdiffusion.methods import dpdm, finetune
     from dpdiffusion.runconfig import load_config, resolve_plan
 
     config = load_config(args.config, args.set)
@@ -120,6 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
             "model": {"parameters": count_parameters(build_denoiser(config.model, config.diffusion)),
                       "parameterisation": config.diffusion.parameterisation},
             "dataset": {"name": config.data.name, "split": "train", "size": len(dataset)},
+            "stages": finetune.describe_stages(config, len(dataset)),
             "privacy": {**plan.to_dict(), "planned_epsilon": plan.planned_epsilon},
         }
         print(json.dumps(json_safe(summary), indent=2))

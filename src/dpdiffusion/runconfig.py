@@ -23,13 +23,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits, mnist, fmnist, cifar10, celeba32, celeba64 or imagefolder
+    name: str = "digits"  # digits, mnist, fmnist, cifar10, celeba32, celeba64, imagenet32 or imagefolder
     data_dir: str | None = None  # local copies instead of downloads (else $DPDIFFUSION_DATA_DIR, else the cache)
     resolution: int | None = None  # resize (a fixed, data-independent transform); None keeps the native size
     label_attribute: str = "Male"  # celeba: the attribute that is the label (1 where +1, else 0)
     path: str | None = None  # imagefolder: the training folder, one sub-folder of images per class
     test_path: str | None = None  # imagefolder: the held-out folder (same class names); None: no test split
     channels: int = 3  # imagefolder: 1 (images read as grayscale) or 3 (RGB)
+    subset: str | None = None  # "start:stop": a fixed range of the training split by position (e.g. "10000:")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class DiffusionConfig:
     logsnr_min: float = -9.0  # v: sigma = tan(pi t / 2), t uniform where log-SNR in [logsnr_min, logsnr_max]
     logsnr_max: float = 13.0
     label_dropout: float = 0.1  # classifier-free guidance: per-example probability of training without label
+    # Biased timestep sampling: integer times of DDPM's linear schedule (T = 1000) drawn from a mixture of
+    # uniform bands [time_bands[i], time_bands[i+1]) with probabilities time_weights; empty: the
+    # parameterisation's own p(sigma). E.g. bands (0, 200, 800, 1000), weights (0.015, 0.785, 0.2).
+    time_bands: tuple[int, ...] = ()
+    time_weights: tuple[float, ...] = ()
+    # Augmentation multiplicity: each of the K draws of an example denoises its own augmented copy.
+    augment_flip: bool = False  # random horizontal flips (natural images; not digits)
+    augment_translate: int = 0  # random shifts by up to this many pixels (reflect padding)
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,27 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Stage 1, without privacy: train the network on a public dataset before DP fine-tuning."""
+
+    data: DataConfig | None = None  # the public dataset; None: no pretraining stage
+    steps: int = 0
+    batch_size: int = 128
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+    labels: bool = True  # train on the public labels (the private data's classes); false: as "no label"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Where DP training starts, and which parameters it changes."""
+
+    init: str | None = None  # a finished run folder, a released model.safetensors, or a diffusers UNet2DModel folder
+    trainable: tuple[str, ...] = ()  # parameter-name patterns (fnmatch) to fine-tune; empty: all of them
+    frozen: tuple[str, ...] = ()  # parameter-name patterns kept fixed (applied after ``trainable``)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "custom"
     description: str = ""
@@ -90,6 +120,8 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     performance: Performance = field(default_factory=Performance)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ from dpdiffusion.config import Performance
 from dpdiffusion.dpsgd.batch_selection import poisson_sample
 from dpdiffusion.dpsgd.per_example import Batch, PerExampleLoss
 from dpdiffusion.dpsgd.step import DPSGD, StepReport
-from dpdiffusion.io import atomic_write, json_safe
+from dpdiffusion.io import atomic_write, json_safe, write_json_atomic
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 
@@ -112,17 +112,22 @@ class Trainer:
         performance: Performance = Performance(),
         settings: TrainSettings = TrainSettings(),
         config: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+        network: dict[str, Any] | None = None,
     ):
+        """``provenance``: which data was private and public and where training started, for the privacy
+        report; ``network``: what a release needs to rebuild a network that ``config`` does not describe."""
         if len(dataset) != plan.dataset_size:
             raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {len(dataset)}")
         self.model, self.loss, self.dataset, self.plan = model, loss, dataset, plan
         self.performance, self.settings, self.config = performance, settings, config or {}
+        self.provenance, self.network = provenance or {}, network
         self.run = RunFolder(run_dir)
         sampling_seed, noise_seed = secret_seeds(settings.secret_seed)
         self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
         self.noise_generator = torch.Generator().manual_seed(noise_seed)
         self.draw_generator = torch.Generator().manual_seed(settings.seed)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
         self.ledger = PrivacyLedger(plan)
         self.ema = EMA(model, settings.ema_decay)  # before the engine hooks the model, so the copy stays plain
         self.dp = DPSGD(
@@ -154,8 +159,12 @@ class Trainer:
     def save(self) -> Path:
         path = self.run.checkpoint_path(self.ledger.steps_taken)
         save_checkpoint(path, *self.state())
-        self.ledger.write(self.run.privacy_report)
+        write_json_atomic(self.run.privacy_report, self.privacy_report())
         return path
+
+    def privacy_report(self) -> dict[str, Any]:
+        """The ledger's report with where the data came from (private, public) and where training started."""
+        return json_safe({**self.ledger.report(), **({"data": self.provenance} if self.provenance else {})})
 
     def load(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
@@ -219,10 +228,13 @@ class Trainer:
 
     def release(self) -> None:
         """Write what may leave the data owner: the EMA weights and the privacy report."""
-        metadata = {"dpdiffusion": json.dumps(json_safe({"config": self.config, "privacy": self.ledger.report()}))}
+        header = {"config": self.config, "privacy": self.privacy_report()}
+        if self.network:
+            header["network"] = self.network
+        metadata = {"dpdiffusion": json.dumps(json_safe(header))}
         with atomic_write(self.run.model_weights) as f:
             f.write(save_tensors({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, metadata))
-        self.ledger.write(self.run.privacy_report)
+        write_json_atomic(self.run.privacy_report, self.privacy_report())
 
 
 def secret_seeds(secret_seed: int | None) -> tuple[int, int]:

@@ -100,7 +100,7 @@ def test_unknown_parameterisation_is_a_config_error():
 
 
 def test_ddpm_sigma_matches_the_cumulative_product_and_the_mixture_hits_its_weights():
-    from dpdiffusion.diffusion.noise_levels import BIASED_DDPM, DDPMTimes, Mixture, ddpm_sigma
+    from dpdiffusion.diffusion.noise_levels import DDPMTimes, Mixture, ddpm_sigma
 
     betas = [1e-4 + (0.02 - 1e-4) * i / 999 for i in range(1000)]
     alpha_bar, expected = 1.0, []
@@ -108,7 +108,8 @@ def test_ddpm_sigma_matches_the_cumulative_product_and_the_mixture_hits_its_weig
         alpha_bar *= 1 - beta
         expected.append(math.sqrt(1 / alpha_bar - 1))
     torch.testing.assert_close(ddpm_sigma(torch.arange(1000)), torch.tensor(expected, dtype=torch.float64))
-    sigma = BIASED_DDPM.sample((40000,), torch.Generator().manual_seed(0)).double()
+    biased = training_levels(DiffusionConfig(time_bands=(0, 200, 800, 1000), time_weights=(0.015, 0.785, 0.2)))
+    sigma = biased.sample((40000,), torch.Generator().manual_seed(0)).double()
     edges = ddpm_sigma(torch.tensor([200, 800]))
     shares = [(sigma < edges[0]).double().mean(), ((sigma >= edges[0]) & (sigma < edges[1])).double().mean(),
               (sigma >= edges[1]).double().mean()]
@@ -118,3 +119,22 @@ def test_ddpm_sigma_matches_the_cumulative_product_and_the_mixture_hits_its_weig
         Mixture((DDPMTimes(),), (0.5,))
     with pytest.raises(ValueError):
         DDPMTimes(500, 100)
+
+
+@pytest.mark.parametrize("bands, weights, message", [
+    ((0, 200, 1000), (1.0,), "one more entry"),
+    ((0, 200), (0.5,), "sum to 1"),
+    ((200, 100), (1.0,), "t_min < t_max"),
+    ((0, 1200), (1.0,), "t_max <= T"),
+])
+def test_bad_time_mixtures_are_config_errors(bands, weights, message):
+    with pytest.raises(ConfigError, match=message):
+        training_levels(DiffusionConfig(time_bands=bands, time_weights=weights))
+
+
+def test_without_time_bands_each_parameterisation_keeps_its_own_levels():
+    from dpdiffusion.diffusion.noise_levels import LogNormal, Mixture, VPTimes
+
+    assert isinstance(training_levels(DiffusionConfig()), LogNormal)
+    assert isinstance(training_levels(DiffusionConfig(parameterisation="vp")), VPTimes)
+    assert isinstance(training_levels(DiffusionConfig(time_bands=(0, 1000), time_weights=(1.0,))), Mixture)

@@ -9,12 +9,13 @@ from dpdiffusion.data.cifar10 import load_cifar10
 from dpdiffusion.data.digits import load_digits
 from dpdiffusion.data.fmnist import load_fmnist
 from dpdiffusion.data.imagefolder import load_imagefolder_split
+from dpdiffusion.data.imagenet32 import load_imagenet32
 from dpdiffusion.data.mnist import load_mnist
 from dpdiffusion.data.transforms import resize, to_model_range
 from dpdiffusion.runconfig import ConfigError, DataConfig
 from dpdiffusion.training import ArrayDataset
 
-DATASETS = ("digits", "mnist", "fmnist", "cifar10", "celeba32", "celeba64", "imagefolder")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "celeba32", "celeba64", "imagenet32", "imagefolder")
 
 
 def load_images(data: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,13 +30,34 @@ def load_images(data: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tenso
         return load_cifar10(split, data.data_dir)
     if data.name in ("celeba32", "celeba64"):
         return load_celeba(split, int(data.name[-2:]), data.label_attribute, data.data_dir)
+    if data.name == "imagenet32":
+        return load_imagenet32(split, data.data_dir)
     if data.name == "imagefolder":
         return load_imagefolder_split(split, data.path, data.test_path, data.resolution, data.channels)
     raise ConfigError(f"data.name: unknown dataset {data.name!r} (available: {', '.join(DATASETS)})")
 
 
+def subset_range(subset: str, size: int) -> range:
+    """The positions ``"start:stop"`` selects (Python slice rules, no step) of a split with ``size`` images."""
+    parts = subset.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ConfigError(f"data.subset: expected 'start:stop' (e.g. '10000:'), got {subset!r}") from None
+    selected = range(size)[slice(start, stop)]
+    if not selected:
+        raise ConfigError(f"data.subset {subset!r} selects no image of the {size} in the split")
+    return selected
+
+
 def load_dataset(data: DataConfig, split: str) -> ArrayDataset:
     """The named dataset's split, resized to ``data.resolution`` if given, images mapped to [-1, 1] batch by
-    batch by a fixed map (no statistic of the data)."""
+    batch by a fixed map (no statistic of the data). ``data.subset`` keeps a fixed range of the training split
+    (chosen by position, never by content), e.g. to hold some of it out as public data."""
     images, labels = load_images(data, split)
+    if data.subset is not None and split == "train":
+        keep = subset_range(data.subset, len(images))
+        images, labels = images[keep.start:keep.stop], labels[keep.start:keep.stop]
     return ArrayDataset(resize(images, data.resolution), labels, transform=to_model_range)

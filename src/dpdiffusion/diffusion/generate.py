@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -19,19 +19,30 @@ from dpdiffusion.diffusion.schedules import ImageNoise, karras_sigmas
 from dpdiffusion.runconfig import ConfigError, RunConfig, SamplingConfig, config_from_dict
 
 
+def load_model_file(path: str | Path) -> tuple[Precond, RunConfig, dict]:
+    """A model file of ours (a release, or a run's public stage-1 model): the denoiser, its configuration and
+    its safetensors header (which says what it was trained on)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("dpdiffusion", "{}"))
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ConfigError(f"{path} is not a readable safetensors model ({error})") from error
+    if "config" not in meta:
+        raise ConfigError(f"{path} has no dpdiffusion configuration in its header")
+    config = config_from_dict(meta["config"])
+    model = build_denoiser(config.model, config.diffusion, meta.get("network"))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False), config, meta
+
+
 def load_release(run_dir: str | Path) -> tuple[Precond, RunConfig, dict]:
     """The released denoiser, its configuration and its privacy report, from ``RUN_DIR/release``."""
     path = Path(run_dir) / "release" / "model.safetensors"
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {run_dir} a finished run folder?")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("dpdiffusion", "{}"))
-    if "config" not in meta:
-        raise ConfigError(f"{path} has no dpdiffusion configuration in its header")
-    config = config_from_dict(meta["config"])
-    model = build_denoiser(config.model, config.diffusion)
-    model.load_state_dict(load_file(str(path)))
-    return model.eval().requires_grad_(False), config, meta.get("privacy", {})
+    model, config, meta = load_model_file(path)
+    return model, config, meta.get("privacy", {})
 
 
 def image_seeds(seed: int, num: int) -> list[int]:

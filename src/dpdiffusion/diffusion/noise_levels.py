@@ -127,8 +127,3 @@ class Mixture:
         for i, component in enumerate(self.components):  # every component draws the full shape: fixed RNG use
             out = torch.where(which == i, component.sample(shape, generator), out)
         return out
-
-
-# Biased timestep sampling as used by public re-implementations of Ghalebikesabi et al. (2023) for DP
-# fine-tuning of a DDPM-pretrained model: mostly intermediate times, some of the noisiest, few of the cleanest.
-BIASED_DDPM = Mixture((DDPMTimes(0, 200), DDPMTimes(200, 800), DDPMTimes(800, 1000)), (0.015, 0.785, 0.2))
