@@ -83,3 +83,9 @@ def load_config_from_defaults(overrides):
         path = Path(folder) / "empty.yaml"
         path.write_text("{}\n")
         return load_config(str(path), overrides)
+
+
+def test_an_unquoted_colon_value_gets_a_hint_to_quote_it():
+    with pytest.raises(ConfigError, match="quote text that holds ':'"):
+        load_config("digits-eps10-cpu", ["data.subset=400:"])
+    assert load_config("digits-eps10-cpu", ["data.subset='400:'"]).data.subset == "400:"

@@ -94,7 +94,8 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--run-dir", help="run folder (default runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and privacy plan as JSON")
-    parser.add_argument("--data-dir", help="local dataset copies, <dir>/<dataset>/<files> (same as --set data.data_dir=DIR)")
+    parser.add_argument("--data-dir", help="local dataset copies, <dir>/<dataset>/<files> (same as --set data.data_dir=DIR; "
+                        "also for pretrain.data)")
     parser.set_defaults(handler=run_train)
 
 
@@ -108,6 +109,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     if args.data_dir:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=args.data_dir))
+        if config.pretrain.data is not None and config.pretrain.data.data_dir is None:
+            public = dataclasses.replace(config.pretrain.data, data_dir=args.data_dir)
+            config = dataclasses.replace(config, pretrain=dataclasses.replace(config.pretrain, data=public))
     dataset = load_dataset(config.data, "train")
     plan = resolve_plan(config.privacy, len(dataset))
     if args.dry_run:

@@ -163,6 +163,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, dict):  # YAML reads an unquoted "400:" as a mapping
+            raise ConfigError(f"{key}: expected text, got {value!r}; quote text that holds ':' (e.g. \"400:\")")
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected text, got {value!r}")
         return value

@@ -146,3 +146,14 @@ def test_dry_run_shows_the_public_and_the_private_dataset(config, capsys):
     assert stages["private"]["subset"] == "500:" and stages["private"]["size"] == 937
     assert stages["start"]["kind"] == "pretrained on the public data in this run"
     assert stages["trainable_parameters"] > 0
+
+
+@pytest.mark.parametrize("public, private", [(":500", "400:"), (None, "500:"), (":500", None), ("-100:", "1000:")])
+def test_public_pretraining_may_not_see_private_images(config, public, private, tmp_path):
+    overrides = [f"pretrain.data.subset={repr(public) if public else 'null'}",
+                 f"data.subset={repr(private) if private else 'null'}"]
+    cfg = load_config(config, overrides)
+    with pytest.raises(ConfigError, match="share .* training images"):
+        finetune.start_model(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="public pretraining would see private data"):
+        finetune.describe_stages(cfg, 1000)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
-from dpdiffusion.data.datasets import load_dataset
+from dpdiffusion.data.datasets import load_dataset, load_images, subset_range
 from dpdiffusion.diffusion.denoiser import build_denoiser, default_levels
 from dpdiffusion.diffusion.generate import load_model_file
 from dpdiffusion.diffusion.loss import DenoisingLoss
@@ -173,6 +173,21 @@ def pretrain(model: Precond, config: RunConfig, public: Dataset, run_dir: str | 
     return out
 
 
+def check_public_is_not_private(config: RunConfig) -> None:
+    """Stage 1 trains without privacy, so its data must not include private images: the same dataset is
+    allowed only as disjoint ``subset`` ranges of it."""
+    public, private = config.pretrain.data, config.data
+    if public is None or public.name != private.name or (public.name == "imagefolder" and public.path != private.path):
+        return
+    size = len(load_images(dataclasses.replace(private, subset=None), "train")[1])
+    whole = ":"
+    overlap = set(subset_range(public.subset or whole, size)) & set(subset_range(private.subset or whole, size))
+    if overlap:
+        raise ConfigError(f"pretrain.data and data are both {private.name} and share {len(overlap)} training images "
+                          f"(subsets {public.subset!r} and {private.subset!r}): public pretraining would see private "
+                          "data without privacy; choose disjoint data.subset ranges")
+
+
 def check_public_labels(config: RunConfig, labels: torch.Tensor) -> None:
     if config.model.num_classes and config.pretrain.labels and len(labels) and int(labels.max()) >= config.model.num_classes:
         raise ConfigError(f"the public labels go up to {int(labels.max())} but model.num_classes is "
@@ -194,6 +209,7 @@ def start_model(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
     model = build_denoiser(config.model, config.diffusion)
     if config.pretrain.data is None:
         return model, None, {"public": None, "start": {"kind": "random initialisation", "seed": config.training.seed}}
+    check_public_is_not_private(config)
     path = public_model_path(run_dir)
     public = load_dataset(config.pretrain.data, "train")
     check_public_labels(config, public.y)
@@ -218,6 +234,7 @@ def describe_stages(config: RunConfig, private_size: int) -> dict[str, Any]:
         model, _, start = load_init(config)
         public = None
     elif config.pretrain.data is not None:
+        check_public_is_not_private(config)
         model = build_denoiser(config.model, config.diffusion)
         public_data = load_dataset(config.pretrain.data, "train")
         check_public_labels(config, public_data.y)
