@@ -73,3 +73,11 @@ def test_bad_sample_arguments(run_dir, tmp_path, args, message, capsys, monkeypa
 def test_missing_run_folder(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "none"), "--num", "1", "--out", str(tmp_path / "a.npz")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_sample_reads_a_model_file_as_well_as_a_run_folder(run_dir, tmp_path):
+    from_folder, from_file = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main(["sample", str(run_dir), "--num", "4", "--out", str(from_folder), "--steps", "3"]) == 0
+    assert main(["sample", str(run_dir / "release" / "model.safetensors"), "--num", "4", "--out", str(from_file),
+                 "--steps", "3"]) == 0
+    assert np.array_equal(np.load(from_folder)["images"], np.load(from_file)["images"])

@@ -16,6 +16,12 @@ def row(run: Path) -> str | None:
     if not metrics.is_file():
         return None
     m = json.loads(metrics.read_text())
+    cnn = m["downstream"]["classifiers"]["cnn"]["synthetic"]["test_accuracy"]
+    pr = m.get("precision_recall", {})
+    scores = (f"{m['fid']['value']:.1f} | {pr.get('precision', float('nan')):.3f} / "
+              f"{pr.get('recall', float('nan')):.3f} | {100 * cnn:.1f} |")
+    if not (run / "release" / "privacy.json").is_file():  # a public stage-1 model alone
+        return f"| {run.name} | public data only | 0 (no private data) | | | | 0 | | {scores}"
     privacy = json.loads((run / "release" / "privacy.json").read_text())
     timing = run.parent / f"{run.name}.time.json"
     seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else float("nan")
@@ -24,12 +30,8 @@ def row(run: Path) -> str | None:
     start = data.get("start", {}).get("kind", "")
     if public:
         start = f"public {public['dataset']} {public.get('subset', '')}".strip()
-    cnn = m["downstream"]["classifiers"]["cnn"]["synthetic"]["test_accuracy"]
-    pr = m.get("precision_recall", {})
     return (f"| {run.name} | {start} | {privacy['spent']['epsilon']:.3f} | {plan['noise_multiplier']:.3f} | "
-            f"{plan['expected_batch_size']} | {plan['multiplicity']} | {plan['steps']} | {seconds / 60:.1f} | "
-            f"{m['fid']['value']:.1f} | {pr.get('precision', float('nan')):.3f} / {pr.get('recall', float('nan')):.3f} | "
-            f"{100 * cnn:.1f} |")
+            f"{plan['expected_batch_size']} | {plan['multiplicity']} | {plan['steps']} | {seconds / 60:.1f} | {scores}")
 
 
 def main() -> None:

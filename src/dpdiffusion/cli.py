@@ -141,7 +141,8 @@ SAMPLER_NAMES = ("ancestral", "churn", "ddim", "heun")  # diffusion.samplers.SAM
 
 def add_sample_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="generate synthetic images from a finished run's released model")
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder, or a model file of ours "
+                        "(e.g. RUN_DIR/public/model.safetensors, the public stage-1 model)")
     parser.add_argument("--num", type=_positive_int, required=True, help="number of images")
     parser.add_argument("--out", required=True, help="FILE.npz: images (uint8 N x H x W x C) and labels (int64 N)")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the run's sampling.sampler")
@@ -159,12 +160,13 @@ def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from dpdiffusion.diffusion.generate import generate, load_release, save_grid
+    from dpdiffusion.diffusion.generate import generate, load_model_file, load_release, save_grid
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise CliError(f"--out must name a .npz file, got {out}")
-    model, config, _ = load_release(args.run_dir)
+    source = Path(args.run_dir)
+    model, config, _ = load_model_file(source) if source.is_file() else load_release(source)
     overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     sampling = dataclasses.replace(config.sampling, **overrides)
     if sampling.sampler == "churn" and sampling.S_churn == 0:

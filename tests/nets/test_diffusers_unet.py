@@ -68,6 +68,7 @@ def test_an_ideal_noise_prediction_recovers_the_clean_image():
     assert torch.allclose(model.loss_weight(sigma) * c_out**2, torch.ones(3))
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap over attention: slow, still exact
 def test_per_example_gradients_of_the_adapted_model_agree_across_engines(pipeline):
     config = load_config("finetune-mnist-eps1-cpu", ["model.img_resolution=8", "model.attn_resolutions=[]",
                                                      "privacy.multiplicity=2"])
