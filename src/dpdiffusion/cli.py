@@ -96,6 +96,9 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and privacy plan as JSON")
     parser.add_argument("--data-dir", help="local dataset copies, <dir>/<dataset>/<files> (same as --set data.data_dir=DIR; "
                         "also for pretrain.data)")
+    parser.add_argument("--allow-non-private-teacher", action="store_true",
+                        help="DP-SAD with dpsad.teacher=none (the paper's setting): the release is NOT differentially "
+                             "private end to end, and its privacy report says so")
     parser.set_defaults(handler=run_train)
 
 
@@ -113,6 +116,10 @@ def run_train(args: argparse.Namespace) -> int:
             public = dataclasses.replace(config.pretrain.data, data_dir=args.data_dir)
             config = dataclasses.replace(config, pretrain=dataclasses.replace(config.pretrain, data=public))
     dataset = load_dataset(config.data, "train")
+    if config.method == "dpsad":
+        return run_train_dpsad(args, config, dataset)
+    if config.method != "dpdm":
+        raise CliError(f"method: unknown {config.method!r} (choose dpdm or dpsad)")
     plan = resolve_plan(config.privacy, len(dataset))
     if args.dry_run:
         from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
@@ -133,6 +140,37 @@ def run_train(args: argparse.Namespace) -> int:
     ledger = trainer.ledger
     print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
           f"{plan.delta:.3g}; release in {trainer.run.release}")
+    return 0
+
+
+def run_train_dpsad(args: argparse.Namespace, config, dataset) -> int:
+    from pathlib import Path
+
+    from dpdiffusion.methods import dpsad
+
+    plan = dpsad.resolve_dpsad_plan(config, len(dataset))
+    if args.dry_run:
+        from dpdiffusion.nets.unet import count_parameters
+
+        summary = {
+            "config": config.to_dict(),
+            "method": "dpsad",
+            "teacher": {"mode": config.dpsad.teacher,
+                        "end_to_end_private": config.dpsad.teacher != "none"},
+            "student": {"parameters": count_parameters(dpsad.build_denoiser(dpsad.student_model(config), config.diffusion))},
+            "dataset": {"name": config.data.name, "split": "train", "size": len(dataset)},
+            "privacy": {**plan.to_dict(), "total_epsilon": plan.planned_epsilon},
+        }
+        if config.dpsad.teacher == "none":
+            summary["teacher"]["warning"] = dpsad.NOT_END_TO_END
+        print(json.dumps(json_safe(summary), indent=2))
+        return 0
+    trainer = dpsad.train(config, dataset, plan, Path(args.run_dir or Path("runs") / config.name), resume=args.resume,
+                          allow_non_private_teacher=args.allow_non_private_teacher)
+    print(f"trained {trainer.ledger.steps_taken}/{trainer.plan.steps} student steps, total epsilon "
+          f"{trainer.epsilon_spent():.4g} at delta {plan.delta:.3g}; release in {trainer.run.release}")
+    if config.dpsad.teacher == "none":
+        print(f"warning: {dpsad.NOT_END_TO_END}")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from dpdiffusion.config import Performance
+from dpdiffusion.nets.discriminator import DiscriminatorConfig
 from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.privacy.plan import PrivacyPlan, steps_for
 
@@ -110,9 +111,34 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class DPSADConfig:
+    """DP-SAD (``method: dpsad``): a student distilled from a teacher at one random level r of T per example,
+    with a discriminator. Every mechanism that reads private data is DP-SGD; their composition meets
+    ``privacy.target_epsilon``, which the ``privacy`` section's batch size, steps and C give to the student."""
+
+    teacher: str = "dp"  # dp: DP-SGD on the private data here | public: pretrain.data or finetune.init | none
+    timesteps: int = 500  # T: r is one of T levels of the sampling schedule
+    adversarial_weight: float = 1.0  # lambda
+    student_model_channels: int | None = None  # the student is ``model`` with these two changed (None: same)
+    student_num_blocks: int | None = None
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    discriminator_lr: float = 2e-4
+    discriminator_steps: int = 1  # discriminator updates (each its own Poisson batch) per student update
+    discriminator_max_grad_norm: float = 1.0
+    discriminator_noise_ratio: float = 1.0  # its noise multiplier over the student's
+    teacher_batch_size: int = 512  # dp and none teachers: trained first, on the private data
+    teacher_steps: int = 0
+    teacher_multiplicity: int = 1
+    teacher_lr: float = 1e-3
+    teacher_ema_decay: float = 0.995
+    teacher_noise_ratio: float = 1.0  # dp teacher: its noise multiplier over the student's
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "custom"
     description: str = ""
+    method: str = "dpdm"  # dpdm (from scratch, or fine-tuning with pretrain/finetune) or dpsad
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -122,6 +148,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    dpsad: DPSADConfig = field(default_factory=DPSADConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

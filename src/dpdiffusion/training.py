@@ -151,7 +151,15 @@ class Trainer:
             "performance": asdict(self.performance),
             "config": self.config,
         }
+        meta.update(self.extra_state(tensors))
         return tensors, meta
+
+    def extra_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Subclasses with more to save (e.g. a second DP mechanism) add tensors here and return metadata."""
+        return {}
+
+    def load_extra(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Subclasses restore what ``extra_state`` saved."""
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"sampling": self.sampling_generator, "noise": self.noise_generator, "draws": self.draw_generator}
@@ -161,6 +169,9 @@ class Trainer:
         save_checkpoint(path, *self.state())
         write_json_atomic(self.run.privacy_report, self.privacy_report())
         return path
+
+    def epsilon_spent(self) -> float:
+        return self.ledger.epsilon_spent()
 
     def privacy_report(self) -> dict[str, Any]:
         """The ledger's report with where the data came from (private, public) and where training started."""
@@ -174,6 +185,7 @@ class Trainer:
         self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
         for name, g in self.generators().items():
             g.set_state(tensors[f"rng.{name}"])
+        self.load_extra(tensors, meta)
 
     def resume(self) -> Path | None:
         """Load the newest checkpoint that passes its checks; report and skip any that does not."""
@@ -216,7 +228,7 @@ class Trainer:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     if not bar.disable:  # the accountant is called only for a visible bar
-                        bar.set_postfix(eps=f"{self.ledger.epsilon_spent():.3g}",
+                        bar.set_postfix(eps=f"{self.epsilon_spent():.3g}",
                                         loss=f"{report.loss_sum / max(report.batch_size, 1):.4g}",
                                         img_s=f"{record['images_per_s']:.0f}")
                     window_images, window_start = 0, time.perf_counter()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dpdiffusion.diffusion.schedules import karras_sigmas
+
 
 @dataclass(frozen=True)
 class LogNormal:
@@ -127,3 +129,22 @@ class Mixture:
         for i, component in enumerate(self.components):  # every component draws the full shape: fixed RNG use
             out = torch.where(which == i, component.sample(shape, generator), out)
         return out
+
+
+@dataclass(frozen=True)
+class KarrasLevels:
+    """One of the T levels of EDM's sampling schedule (eq. 5), uniformly: "a random timestep r of T"
+    (DP-SAD) for a denoiser that is sampled on that schedule."""
+
+    T: int = 500
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.T < 1 or not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need T >= 1 and 0 < sigma_min < sigma_max, got {self.T}, {self.sigma_min}, {self.sigma_max}")
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        levels = karras_sigmas(self.T, sigma_min=self.sigma_min, sigma_max=self.sigma_max, rho=self.rho)[:-1]
+        return levels[torch.randint(0, self.T, shape, generator=generator)]

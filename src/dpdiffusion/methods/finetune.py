@@ -85,8 +85,8 @@ def load_init(config: RunConfig) -> tuple[Precond, dict[str, Any] | None, dict[s
             raise ConfigError(f"finetune.init was trained with {section}.{k}={getattr(theirs, k)!r} but this run has "
                               f"{getattr(ours, k)!r}; use the same {section} settings")
     start = {"kind": "dpdiffusion model", "path": str(weights), "sha256": file_sha256(weights)}
-    if "public_data" in meta:
-        start["trained_on"] = {"public": meta["public_data"], "steps": meta.get("steps")}
+    if "trained_on" in meta:  # a model trained by plain steps: on public data, or a non-private teacher
+        start["trained_on"] = {**meta["trained_on"], "steps": meta.get("steps")}
     elif "privacy" in meta:  # a DP release: its privacy spend is its own; name it, so the two can be composed
         spent = meta["privacy"].get("spent", {})
         start["trained_on"] = {"private": meta["privacy"].get("data", {}).get("private"),
@@ -131,8 +131,10 @@ def apply_freezing(model: Precond, config: RunConfig) -> int:
 
 
 # -- stage 1: public pretraining -----------------------------------------------------------------------------------
-def pretrain(model: Precond, config: RunConfig, public: Dataset, run_dir: str | Path, *, progress: bool = True) -> Path:
-    """Plain (non-private) training of ``model`` on public data; write the EMA weights to RUN_DIR/public/."""
+def pretrain(model: Precond, config: RunConfig, public: Dataset, out: Path, *, trained_on: dict[str, Any],
+             progress: bool = True, desc: str = "public pretraining") -> Path:
+    """Plain (non-private) training of ``model`` with the ``pretrain`` settings on ``public``; write the EMA
+    weights to ``out`` (its header says what it was ``trained_on``) and the loss log beside it."""
     stage = config.pretrain
     if stage.steps < 1:
         raise ConfigError("pretrain.steps must be >= 1 when pretrain.data is set")
@@ -143,10 +145,9 @@ def pretrain(model: Precond, config: RunConfig, public: Dataset, run_dir: str | 
     ema = EMA(model, stage.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
     generator = torch.Generator().manual_seed(config.training.seed)  # public data: public randomness suffices
-    out = public_model_path(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     order, position = torch.randperm(len(public), generator=generator), 0
-    with tqdm(total=stage.steps, disable=not progress, unit="step", desc="public pretraining") as bar, \
+    with tqdm(total=stage.steps, disable=not progress, unit="step", desc=desc) as bar, \
             (out.parent / "log.jsonl").open("w") as log:
         for step in range(1, stage.steps + 1):
             if position + stage.batch_size > len(order):
@@ -166,7 +167,7 @@ def pretrain(model: Precond, config: RunConfig, public: Dataset, run_dir: str | 
                 log.write(json.dumps({"step": step, "loss": float(value)}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{float(value):.4g}")
-    header = {"config": config.to_dict(), "public_data": describe_data(stage.data, len(public)), "steps": stage.steps}
+    header = {"config": config.to_dict(), "trained_on": trained_on, "steps": stage.steps}
     with atomic_write(out) as f:
         f.write(save_tensors({k: v.contiguous() for k, v in ema.model.state_dict().items()},
                              {"dpdiffusion": json.dumps(json_safe(header))}))
@@ -218,7 +219,8 @@ def start_model(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
     elif path.is_file():
         raise FileExistsError(f"{Path(run_dir)} already holds a run; resume it with --resume or pick another folder")
     else:
-        pretrain(model, config, public, run_dir, progress=progress)
+        pretrain(model, config, public, path, trained_on={"public": describe_data(config.pretrain.data, len(public))},
+                 progress=progress)
         model.load_state_dict(load_file(str(path)))
     start = {"kind": "pretrained on the public data in this run", "path": str(path), "steps": config.pretrain.steps,
              "sha256": file_sha256(path)}
