@@ -226,6 +226,7 @@ class DPSADTrainer(Trainer):
         classes, dropout = config.model.num_classes, config.diffusion.label_dropout
         self.discriminator = PairDiscriminator(d.discriminator, in_channels=config.model.in_channels, num_classes=classes)
         self.composed, self.teacher_info = plan, teacher_info
+        self._epsilon_cache: dict[tuple, float] = {}
         loss = StudentLoss(student, teacher, self.discriminator, levels, d.adversarial_weight, classes, dropout)
         release_config = dataclasses.replace(config, model=student_model(config))
         super().__init__(student, loss, dataset, plan=plan.plan("student"), run_dir=run_dir,
@@ -277,7 +278,11 @@ class DPSADTrainer(Trainer):
         return steps
 
     def epsilon_spent(self) -> float:
-        return self.composed.epsilon(self.steps_taken())
+        steps = self.steps_taken()
+        key = tuple(sorted(steps.items()))
+        if key not in self._epsilon_cache:
+            self._epsilon_cache[key] = self.composed.epsilon(steps)
+        return self._epsilon_cache[key]
 
     def privacy_report(self) -> dict[str, Any]:
         report = self.ledger.report()  # the student's part; replaced below by the composition
