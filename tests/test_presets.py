@@ -103,3 +103,22 @@ def test_finetune_gpu_presets_are_the_papers_setup(name, eps):
     assert config.diffusion.parameterisation == "vp" and config.diffusion.time_weights == (0.015, 0.785, 0.2)
     assert config.diffusion.augment_flip and config.diffusion.augment_translate == 4
     assert 75e6 < count_parameters(build_denoiser(config.model, config.diffusion)) < 90e6  # "~80M parameters"
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fmnist", "celeba32", "celeba64"])
+@pytest.mark.parametrize("eps", [1, 10])
+def test_dpsad_presets_are_end_to_end_private(dataset, eps):
+    config = load_config(f"dpsad-{dataset}-eps{eps}")
+    assert config.method == "dpsad" and config.data.name == dataset and config.privacy.target_epsilon == eps
+    d = config.dpsad
+    assert (d.teacher, d.timesteps, d.adversarial_weight) == ("dp", 500, 1.0)  # the paper's T and lambda
+    assert config.privacy.multiplicity == 1 and d.teacher_steps > 0
+    assert config.model.num_classes == (2 if dataset.startswith("celeba") else 10)  # class-conditional, as the paper
+
+
+def test_dpsad_cpu_preset_meets_its_total_target_with_a_dp_teacher():
+    from dpdiffusion.methods.dpsad import resolve_dpsad_plan
+
+    plan = resolve_dpsad_plan(load_config("dpsad-mnist-eps10-cpu"), 60000)
+    assert [name for name, _ in plan.parts] == ["teacher", "student", "discriminator"]
+    assert 9.9 < plan.planned_epsilon <= 10
