@@ -1,4 +1,4 @@
-"""One Markdown table of the runs in an OUT_DIR of ``mnist_cpu.sh``: epsilon spent, training time, FID,
+"""One Markdown table of the runs in an OUT_DIR of ``mnist_cpu.sh`` (here or in ``benchmarks/dpsad/``): epsilon spent, training time, FID,
 precision/recall and the CNN's accuracy on the real test set.
 
     python benchmarks/finetune/summarise.py OUT_DIR
@@ -15,7 +15,7 @@ def row(run: Path) -> str | None:
     metrics = run / "evaluation" / "metrics.json"
     if not metrics.is_file():
         return None
-    m = json.loads(metrics.read_text())
+    m = json.loads(metrics.read_text())["metrics"]
     cnn = m["downstream"]["classifiers"]["cnn"]["synthetic"]["test_accuracy"]
     pr = m.get("precision_recall", {})
     scores = (f"{m['fid']['value']:.1f} | {pr.get('precision', float('nan')):.3f} / "
@@ -26,6 +26,9 @@ def row(run: Path) -> str | None:
     timing = run.parent / f"{run.name}.time.json"
     seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else float("nan")
     plan, data = privacy["plan"], privacy.get("data", {})
+    if "parts" in plan:  # a composed run (DP-SAD): the student's part, and the teacher's mode
+        plan = {**plan["parts"]["student"], "steps": sum(p["steps"] for p in plan["parts"].values())}
+        data = {**data, "start": {"kind": f"teacher {privacy['teacher']['mode']}"}}
     public = data.get("public") or {}
     start = data.get("start", {}).get("kind", "")
     if public:
