@@ -119,6 +119,7 @@ class DPSADConfig:
     teacher: str = "dp"  # dp: DP-SGD on the private data here | public: pretrain.data or finetune.init | none
     timesteps: int = 500  # T: r is one of T levels of the sampling schedule
     adversarial_weight: float = 1.0  # lambda
+    distance: str = "l2"  # of the student's output to the teacher's and to the clean image: l2 (the paper) or l1
     student_model_channels: int | None = None  # the student is ``model`` with these two changed (None: same)
     student_num_blocks: int | None = None
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)

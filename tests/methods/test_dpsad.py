@@ -160,3 +160,15 @@ def test_dry_run_shows_the_teacher_mode_and_the_total_epsilon(config, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["teacher"] == {"mode": "dp", "end_to_end_private": True}
     assert 4.9 < out["privacy"]["total_epsilon"] <= 5 and set(out["privacy"]["parts"]) == {"teacher", "student", "discriminator"}
+
+
+def test_the_distance_is_configurable_and_checked(config):
+    cfg, teacher, student, disc, levels = parts(config)
+    batch = neighbouring_batches(torch.Generator().manual_seed(4))
+    draws = dpsad.StudentLoss(student, teacher, disc, levels).draw(batch, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        l2 = dpsad.StudentLoss(student, teacher, disc, levels, adversarial_weight=0.0)(student, batch, draws)
+        l1 = dpsad.StudentLoss(student, teacher, disc, levels, adversarial_weight=0.0, distance="l1")(student, batch, draws)
+    assert l1.shape == l2.shape == (6,) and not torch.allclose(l1, l2)
+    with pytest.raises(ConfigError, match="dpsad.distance"):
+        dpsad.resolve_dpsad_plan(load_config(config, ["dpsad.distance=huber"]), 1437)

@@ -42,6 +42,7 @@ from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
 from dpdiffusion.training import Dataset, Trainer, TrainSettings, secret_seeds
 
 TEACHERS = ("dp", "public", "none")
+DISTANCES = {"l2": lambda a, b: (a - b).pow(2).flatten(1).mean(1), "l1": lambda a, b: (a - b).abs().flatten(1).mean(1)}
 NOT_END_TO_END = (
     "NOT differentially private end to end: the teacher was trained on the private data without privacy, so "
     "one record changes the teacher and with it every example's distillation target; the epsilon reported covers "
@@ -81,6 +82,7 @@ class StudentLoss:
     adversarial_weight: float = 1.0
     num_classes: int = 0
     label_dropout: float = 0.1
+    distance: str = "l2"
 
     def draw(self, batch, generator):
         return draw_levels(batch, generator, self.levels, self.num_classes, self.label_dropout)
@@ -92,8 +94,11 @@ class StudentLoss:
             target = self.teacher(x_r, sigma, labels)
         out = model(x_r, sigma, labels)
         weight = self.student.loss_weight(sigma)
-        distill = weight * (out - target).pow(2).flatten(1).mean(1)
-        recon = weight * (x - out).pow(2).flatten(1).mean(1)
+        if self.distance == "l1":  # the weight that makes an L2 error unit-scale, square-rooted for L1
+            weight = weight.sqrt()
+        distance = DISTANCES[self.distance]
+        distill = weight * distance(out, target)
+        recon = weight * distance(out, x)
         # the discriminator's weights are constants here: only the student learns from this term
         frozen = {n: p.detach() for n, p in self.discriminator.named_parameters()}
         c_noise = self.student.coefficients(sigma)[3]
@@ -133,6 +138,8 @@ def resolve_dpsad_plan(config: RunConfig, dataset_size: int) -> ComposedPlan:
         raise ConfigError(f"dpsad.teacher: unknown {d.teacher!r} (choose one of {', '.join(TEACHERS)})")
     if p.multiplicity != 1:
         raise ConfigError("privacy.multiplicity: DP-SAD draws one level per example; set it to 1")
+    if d.distance not in DISTANCES:
+        raise ConfigError(f"dpsad.distance: unknown {d.distance!r} (choose one of {', '.join(DISTANCES)})")
     if d.discriminator_steps < 1:
         raise ConfigError("dpsad.discriminator_steps must be >= 1")
     delta = p.delta if p.delta is not None else 1 / (10 * dataset_size)
@@ -227,7 +234,8 @@ class DPSADTrainer(Trainer):
         self.discriminator = PairDiscriminator(d.discriminator, in_channels=config.model.in_channels, num_classes=classes)
         self.composed, self.teacher_info = plan, teacher_info
         self._epsilon_cache: dict[tuple, float] = {}
-        loss = StudentLoss(student, teacher, self.discriminator, levels, d.adversarial_weight, classes, dropout)
+        loss = StudentLoss(student, teacher, self.discriminator, levels, d.adversarial_weight, classes, dropout,
+                           d.distance)
         release_config = dataclasses.replace(config, model=student_model(config))
         super().__init__(student, loss, dataset, plan=plan.plan("student"), run_dir=run_dir,
                          performance=config.performance, settings=settings, config=release_config.to_dict(),
