@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from dpdiffusion.cli import main
+from tests.tiny import write_config
 
 TINY = """
 data: {name: digits}
@@ -16,9 +17,7 @@ training: {checkpoint_every: 2, log_every: 1}
 
 @pytest.fixture
 def config(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return str(path)
+    return write_config(tmp_path, TINY)
 
 
 def test_dry_run_shows_the_calibrated_plan(config, capsys):

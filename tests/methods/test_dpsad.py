@@ -12,6 +12,7 @@ from dpdiffusion.methods import dpsad
 from dpdiffusion.nets.discriminator import DiscriminatorConfig, PairDiscriminator
 from dpdiffusion.runconfig import ConfigError, load_config
 from dpdiffusion.training import ArrayDataset, TrainSettings
+from tests.tiny import write_config
 
 TINY = """
 method: dpsad
@@ -26,9 +27,7 @@ sampling: {steps: 4}
 
 @pytest.fixture
 def config(tmp_path):
-    path = tmp_path / "sad.yaml"
-    path.write_text(TINY)
-    return str(path)
+    return write_config(tmp_path, TINY)
 
 
 def parts(config_path):

@@ -8,6 +8,7 @@ from dpdiffusion.cli import main
 from dpdiffusion.methods import finetune
 from dpdiffusion.methods.finetune import file_sha256
 from dpdiffusion.runconfig import ConfigError, load_config
+from tests.tiny import write_config
 
 # Public = the first 500 of the digits training split, private = the rest: a fixed split by position.
 TINY = """
@@ -23,9 +24,7 @@ sampling: {steps: 4}
 
 @pytest.fixture
 def config(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return str(path)
+    return write_config(tmp_path, TINY)
 
 
 def tensors_equal(a, b):

@@ -36,7 +36,7 @@ from dpdiffusion.io import json_safe, write_json_atomic
 from dpdiffusion.nets.discriminator import PairDiscriminator
 from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.privacy.composition import ComposedPlan
-from dpdiffusion.privacy.ledger import PrivacyLedger
+from dpdiffusion.privacy.ledger import PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
 from dpdiffusion.training import Dataset, Trainer, TrainSettings, secret_seeds
@@ -285,30 +285,33 @@ class DPSADTrainer(Trainer):
             steps["teacher"] = self.composed.plan("teacher").steps  # trained to the end before the student
         return steps
 
-    def epsilon_spent(self) -> float:
-        steps = self.steps_taken()
+    def epsilon(self, steps: dict[str, int]) -> float:
         key = tuple(sorted(steps.items()))
         if key not in self._epsilon_cache:
             self._epsilon_cache[key] = self.composed.epsilon(steps)
         return self._epsilon_cache[key]
 
+    def epsilon_spent(self) -> float:
+        return self.epsilon(self.steps_taken())
+
     def privacy_report(self) -> dict[str, Any]:
-        report = self.ledger.report()  # the student's part; replaced below by the composition
         end_to_end = self.teacher_info["mode"] != "none"
-        report.update({
+        planned = {name: plan.steps for name, plan in self.composed.parts}
+        report = {
             "private": end_to_end,
             "method": "DP-SAD",
             "teacher": self.teacher_info,
             "plan": self.composed.to_dict(),
-            "planned_epsilon": self.composed.planned_epsilon,
+            "planned_epsilon": self.epsilon(planned),
             "spent": {"epsilon": self.epsilon_spent(), "delta": self.composed.delta, "steps": self.steps_taken()},
-            "mechanism": "Poisson-subsampled Gaussian (DP-SGD) per part -- " + ", ".join(
-                n for n, _ in self.composed.parts) + " -- composed by the accountant; add/remove-one adjacency",
-        })
+            "mechanism": "Poisson-subsampled Gaussian (DP-SGD) per part -- " + ", ".join(planned) +
+                         " -- composed by the accountant; add/remove-one adjacency",
+            "accountant": self.composed.accountant,
+            **written_with(),
+        }
         if not end_to_end:
             report["warning"] = NOT_END_TO_END
         return json_safe({**report, **({"data": self.provenance} if self.provenance else {})})
-
 
 def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_dir: str | Path, *, resume: bool = False,
           allow_non_private_teacher: bool = False, progress: bool = True) -> DPSADTrainer:

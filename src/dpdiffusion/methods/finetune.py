@@ -181,8 +181,7 @@ def check_public_is_not_private(config: RunConfig) -> None:
     if public is None or public.name != private.name or (public.name == "imagefolder" and public.path != private.path):
         return
     size = len(load_images(dataclasses.replace(private, subset=None), "train")[1])
-    whole = ":"
-    overlap = set(subset_range(public.subset or whole, size)) & set(subset_range(private.subset or whole, size))
+    overlap = set(subset_range(public.subset or ":", size)) & set(subset_range(private.subset or ":", size))
     if overlap:
         raise ConfigError(f"pretrain.data and data are both {private.name} and share {len(overlap)} training images "
                           f"(subsets {public.subset!r} and {private.subset!r}): public pretraining would see private "
@@ -195,12 +194,26 @@ def check_public_labels(config: RunConfig, labels: torch.Tensor) -> None:
                           f"{config.model.num_classes}; set pretrain.labels: false to pretrain without them")
 
 
+def check_one_start(config: RunConfig) -> None:
+    if config.pretrain.data is not None and config.finetune.init:
+        raise ConfigError("set pretrain.data (pretrain here) or finetune.init (start from a checkpoint), not both")
+
+
+def load_public(config: RunConfig) -> Dataset:
+    """The public dataset of stage 1, after the checks that keep it public and usable."""
+    check_public_is_not_private(config)
+    public = load_dataset(config.pretrain.data, "train")
+    check_public_labels(config, public.y)
+    if not 1 <= config.pretrain.batch_size <= len(public):
+        raise ConfigError(f"pretrain.batch_size {config.pretrain.batch_size} must lie in [1, {len(public)}] (public images)")
+    return public
+
+
 def start_model(config: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
                 ) -> tuple[Precond, dict[str, Any] | None, dict[str, Any]]:
     """The model DP training starts from (stage 1 run or reused here), the network description for its release,
     and the provenance of public data and start for the privacy report."""
-    if config.pretrain.data is not None and config.finetune.init:
-        raise ConfigError("set pretrain.data (pretrain here) or finetune.init (start from a checkpoint), not both")
+    check_one_start(config)
     if config.finetune.init:
         model, network, start = load_init(config)
         return model, network, {"public": None, "start": start}
@@ -210,40 +223,31 @@ def start_model(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
     model = build_denoiser(config.model, config.diffusion)
     if config.pretrain.data is None:
         return model, None, {"public": None, "start": {"kind": "random initialisation", "seed": config.training.seed}}
-    check_public_is_not_private(config)
     path = public_model_path(run_dir)
-    public = load_dataset(config.pretrain.data, "train")
-    check_public_labels(config, public.y)
+    public = load_public(config)
+    described = describe_data(config.pretrain.data, len(public))
     if path.is_file() and resume:
         model.load_state_dict(load_file(str(path)))
     elif path.is_file():
         raise FileExistsError(f"{Path(run_dir)} already holds a run; resume it with --resume or pick another folder")
     else:
-        pretrain(model, config, public, path, trained_on={"public": describe_data(config.pretrain.data, len(public))},
-                 progress=progress)
+        pretrain(model, config, public, path, trained_on={"public": described}, progress=progress)
         model.load_state_dict(load_file(str(path)))
     start = {"kind": "pretrained on the public data in this run", "path": str(path), "steps": config.pretrain.steps,
              "sha256": file_sha256(path)}
-    return model, None, {"public": describe_data(config.pretrain.data, len(public)), "start": start}
+    return model, None, {"public": described, "start": start}
 
 
 def describe_stages(config: RunConfig, private_size: int) -> dict[str, Any]:
     """What ``train --dry-run`` shows: the public and the private data, the start, the trainable parameters.
     Checks the settings it can without training (the start checkpoint is read, the public data loaded)."""
-    if config.pretrain.data is not None and config.finetune.init:
-        raise ConfigError("set pretrain.data (pretrain here) or finetune.init (start from a checkpoint), not both")
+    check_one_start(config)
     if config.finetune.init:
         model, _, start = load_init(config)
         public = None
     elif config.pretrain.data is not None:
-        check_public_is_not_private(config)
         model = build_denoiser(config.model, config.diffusion)
-        public_data = load_dataset(config.pretrain.data, "train")
-        check_public_labels(config, public_data.y)
-        size = len(public_data)
-        if not 1 <= config.pretrain.batch_size <= size:
-            raise ConfigError(f"pretrain.batch_size {config.pretrain.batch_size} must lie in [1, {size}] (public images)")
-        public = {**describe_data(config.pretrain.data, size), "steps": config.pretrain.steps,
+        public = {**describe_data(config.pretrain.data, len(load_public(config))), "steps": config.pretrain.steps,
                   "batch_size": config.pretrain.batch_size}
         start = {"kind": "pretrained on the public data in this run"}
     else:

@@ -30,6 +30,12 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
+def written_with() -> dict[str, Any]:
+    """What every privacy report records about how it was made: library versions and the time."""
+    return {"libraries": _library_versions(),
+            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 class PrivacyLedger:
     """Counts DP steps against a ``PrivacyPlan`` and reports the epsilon spent."""
 
@@ -75,8 +81,7 @@ class PrivacyLedger:
             "spent": {"steps": self.steps_taken, "epsilon": spent, "delta": self.plan.delta},
             "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add/remove-one adjacency",
             "accountant": self.plan.accountant,
-            "libraries": _library_versions(),
-            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **written_with(),
         }
         if not self.plan.is_private:
             report["warning"] = "NOT differentially private: no clipping and no noise (a non-private control run)"
