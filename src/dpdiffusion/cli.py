@@ -99,6 +99,9 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--allow-non-private-teacher", action="store_true",
                         help="DP-SAD with dpsad.teacher=none (the paper's setting): the release is NOT differentially "
                              "private end to end, and its privacy report says so")
+    parser.add_argument("--audit-canaries", type=_count, metavar="M",
+                        help="insert M random canaries, each included with probability 1/2 (the draw stays in "
+                             "RUN_DIR/owner/audit), for `dpdiffusion audit` (method dpdm)")
     parser.set_defaults(handler=run_train)
 
 
@@ -117,10 +120,13 @@ def run_train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, pretrain=dataclasses.replace(config.pretrain, data=public))
     dataset = load_dataset(config.data, "train")
     if config.method == "dpsad":
+        if args.audit_canaries:
+            raise CliError("--audit-canaries: supported for method dpdm (DP-SAD trains three mechanisms)")
         return run_train_dpsad(args, config, dataset)
     if config.method != "dpdm":
         raise CliError(f"method: unknown {config.method!r} (choose dpdm or dpsad)")
     plan = resolve_plan(config.privacy, len(dataset))
+    run_dir = Path(args.run_dir or Path("runs") / config.name)
     if args.dry_run:
         from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
         from dpdiffusion.nets.unet import count_parameters
@@ -136,7 +142,13 @@ def run_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(json_safe(summary), indent=2))
         return 0
-    trainer = dpdm.train(config, dataset, plan, Path(args.run_dir or Path("runs") / config.name), resume=args.resume)
+    from dpdiffusion.audit.canaries import CANARY_FILE, with_canaries
+
+    if args.audit_canaries:
+        dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir, resume=args.resume)
+    elif args.resume and (run_dir / CANARY_FILE).exists():
+        raise CliError(f"--resume: the run in {run_dir} was started with --audit-canaries; pass the same count")
+    trainer = dpdm.train(config, dataset, plan, run_dir, resume=args.resume)
     ledger = trainer.ledger
     print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
           f"{plan.delta:.3g}; release in {trainer.run.release}")
@@ -330,6 +342,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_audit_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="empirical privacy audit of a finished run (membership inference; canaries if trained with them)",
+        description="Membership inference (denoising loss on a fixed grid) on training members vs held-out test "
+                    "images, and the one-run canary lower bound on epsilon. Reads private data: the report is written "
+                    "to RUN_DIR/owner/audit and stays with the data owner.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    parser.add_argument("--members", type=_count, default=1000, help="members and non-members to score (each)")
+    parser.add_argument("--levels", type=_count, default=8, help="noise levels of the attack's grid")
+    parser.add_argument("--noises", type=_count, default=2, help="noise draws per level and image")
+    parser.add_argument("--seed", type=_positive_int, default=0, help="public seed of the choice of images and noises")
+    parser.add_argument("--data-dir", help="local dataset copies (as for train)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.set_defaults(handler=run_audit)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from dpdiffusion.audit.membership import ScoreGrid
+    from dpdiffusion.audit.run import audit_run
+
+    report = audit_run(args.run_dir, members=args.members, grid=ScoreGrid(levels=args.levels, noises=args.noises,
+                                                                           seed=args.seed),
+                       seed=args.seed, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(json_safe(report)))
+        return 0
+    m = report["membership"]
+    print(f"claimed epsilon {report['claimed']['epsilon']:.4g} at delta {report['claimed']['delta']:.3g}")
+    print(f"membership inference: AUC {m['auc']:.3f}, TPR {m['tpr_at_fpr']:.3f} at FPR {m['fpr']:.0%}")
+    if "canaries" in report:
+        c = report["canaries"]
+        print(f"canary audit: epsilon >= {c['epsilon_lower_bound']:.3f} at {c['confidence']:.0%} confidence "
+              f"({c['best']['correct']}/{c['best']['guesses']} correct, {c['canaries']} canaries)")
+    print(f"report: {args.run_dir}/owner/audit/report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpdiffusion",
@@ -343,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_parser(subparsers)
     add_demo_parser(subparsers)
     add_evaluate_parser(subparsers)
+    add_audit_parser(subparsers)
     return parser
 
 

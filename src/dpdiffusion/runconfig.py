@@ -4,6 +4,7 @@ overrides. Unknown or mistyped keys are errors that name the key."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -185,8 +186,14 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
         return value
     if annotation is float:
-        if value in ("inf", "-inf"):  # how our JSON files write infinity
-            return float(value)
+        if isinstance(value, str):  # "inf" as our JSON files write it; "1e-6", which YAML 1.1 reads as text
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            if math.isnan(number):
+                raise ConfigError(f"{key}: expected a number, got {value!r}")
+            return number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

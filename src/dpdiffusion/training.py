@@ -117,8 +117,9 @@ class Trainer:
     ):
         """``provenance``: which data was private and public and where training started, for the privacy
         report; ``network``: what a release needs to rebuild a network that ``config`` does not describe."""
-        if len(dataset) != plan.dataset_size:
-            raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {len(dataset)}")
+        planned = getattr(dataset, "planned_size", len(dataset))  # audit canaries come on top of the plan's N
+        if planned != plan.dataset_size:
+            raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {planned}")
         self.model, self.loss, self.dataset, self.plan = model, loss, dataset, plan
         self.performance, self.settings, self.config = performance, settings, config or {}
         self.provenance, self.network = provenance or {}, network

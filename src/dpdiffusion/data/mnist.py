@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -29,8 +31,8 @@ def parse_idx(content: bytes, name: str) -> np.ndarray:
     ndim = content[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(content) != header + int(np.prod(shape)):
-        raise DatasetFileError(f"{name} holds {len(content) - header} bytes of data, expected {int(np.prod(shape))} for shape {shape}")
+    if len(content) != header + math.prod(shape):  # exact integers: a crafted header cannot overflow
+        raise DatasetFileError(f"{name} holds {len(content) - header} bytes of data, expected {math.prod(shape)} for shape {shape}")
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
 
 

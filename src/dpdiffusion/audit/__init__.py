@@ -1,0 +1,1 @@
+"""Empirical privacy audit: membership inference (``membership``) and the one-run canary bound (``canaries``)."""
