@@ -2,12 +2,12 @@
 # Public pretraining + DP fine-tuning vs training from scratch at the same epsilon and compute, on 2 CPU cores,
 # and the ablations of K and of biased timestep sampling. One heavy job at a time, in this order.
 #   bash benchmarks/finetune/mnist_cpu.sh OUT_DIR [PHASE ...]
-# (phases, in this order by default: mnist digits uses timesteps multiplicity)
+# (phases, in this order by default: mnist digits uses timesteps multiplicity shift)
 # Needs MNIST (DPDIFFUSION_DATA_DIR) and the Inception detector (DPDIFFUSION_INCEPTION). Summarise with
 #   python benchmarks/finetune/summarise.py OUT_DIR
 set -euo pipefail
 out=${1:?usage: mnist_cpu.sh OUT_DIR [PHASE ...]}; shift
-phases=${*:-mnist digits uses timesteps multiplicity}
+phases=${*:-mnist digits uses timesteps multiplicity shift}
 dp() { python -m dpdiffusion "$@"; }
 train() {  # NAME CONFIG [--set ...]: train once (resume an unfinished run), timing it
   local name=$1; shift
@@ -68,6 +68,11 @@ for phase in $phases; do
           --set privacy.multiplicity=$k
         evaluate ft-mnist-b128-k$k
       done
+      ;;
+    shift)  # (ii) from its public digits model: the same 100 DP steps at Adam 1e-3 instead of 3e-4
+      train ft-digits-lr1e-3 finetune-digits-to-mnist-eps1-cpu --set pretrain.data=null \
+        --set "finetune.init=$out/ft-digits/public/model.safetensors" --set training.lr=1.0e-3
+      evaluate ft-digits-lr1e-3
       ;;
     uses)  # growth with the number of synthetic images; classifier ranking on synthetic vs real data
       python "$(dirname "$0")/synthetic_uses.py" "$out/ft-mnist" --counts 1000,10000,60000 --out "$out/uses-ft-mnist.json"
