@@ -13,10 +13,10 @@ from tests.dpsgd.toys import NoisyRegressionLoss, TinyDenoiser, make_batch
 PLAN = dict(dataset_size=40, expected_batch_size=8, steps=12, max_grad_norm=1.0, noise_multiplier=1.0, delta=1e-3)
 
 
-def make_trainer(run_dir, plan=None, seed=0):
+def make_trainer(run_dir, plan=None, seed=0, checkpoint_every=4):
     torch.manual_seed(0)
     data = make_batch(40, torch.Generator().manual_seed(9))
-    settings = TrainSettings(checkpoint_every=4, log_every=2, seed=seed, secret_seed=42, progress=False)
+    settings = TrainSettings(checkpoint_every=checkpoint_every, log_every=2, seed=seed, secret_seed=42, progress=False)
     return Trainer(
         TinyDenoiser(), NoisyRegressionLoss(2), ArrayDataset(data["x"], data["y"]),
         plan=plan or PrivacyPlan(**PLAN), run_dir=run_dir, settings=settings,
