@@ -47,8 +47,9 @@ def train(config: RunConfig, dataset: Dataset, plan: PrivacyPlan, run_dir: str |
     settings = TrainSettings(**dataclasses.asdict(config.training), progress=progress)
     planned = getattr(dataset, "planned_size", len(dataset))
     provenance = {"private": describe_data(config.data, planned), **provenance}
-    if planned != len(dataset):  # how many canaries were drawn is public; which went in is not
-        provenance["audit_canaries"] = {"drawn": getattr(dataset, "canaries_drawn"),
+    drawn = getattr(dataset, "canaries_drawn", 0)
+    if drawn:  # how many canaries were drawn is public; which (and how many) went in is not
+        provenance["audit_canaries"] = {"drawn": drawn,
                                         "note": "random binary images added with probability 1/2 each (audit)"}
     trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
                       settings=settings, config=config.to_dict(), provenance=provenance, network=network)
