@@ -142,12 +142,9 @@ def run_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(json_safe(summary), indent=2))
         return 0
-    from dpdiffusion.audit.canaries import CANARY_FILE, with_canaries
+    from dpdiffusion.audit.canaries import with_canaries
 
-    if args.audit_canaries:
-        dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir, resume=args.resume)
-    elif args.resume and (run_dir / CANARY_FILE).exists():
-        raise CliError(f"--resume: the run in {run_dir} was started with --audit-canaries; pass the same count")
+    dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir, resume=args.resume)
     trainer = dpdm.train(config, dataset, plan, run_dir, resume=args.resume)
     ledger = trainer.ledger
     print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "

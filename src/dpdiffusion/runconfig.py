@@ -190,7 +190,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             try:
                 number = float(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                number = math.nan
             if math.isnan(number):
                 raise ConfigError(f"{key}: expected a number, got {value!r}")
             return number

@@ -81,20 +81,26 @@ class AuditedDataset(ArrayDataset):
         self.planned_size, self.canaries_drawn = len(dataset), len(canaries)
 
 
-def with_canaries(dataset: ArrayDataset, count: int, num_classes: int, run_dir: str | Path, *,
-                  resume: bool) -> AuditedDataset:
-    """The training set with ``count`` canaries: drawn and saved for a new run, reloaded (and checked) on resume."""
-    if not resume and (Path(run_dir) / CANARY_FILE).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or pick another folder")
-    stored = load_canaries(run_dir) if resume else None
-    if resume and stored is None:
-        raise ValueError(f"--audit-canaries {count}: the run in {run_dir} was started without canaries")
-    if stored is not None and len(stored) != count:
-        raise ValueError(f"--audit-canaries {count}: the run in {run_dir} was started with {len(stored)} canaries")
-    canaries = stored or draw_canaries(count, dataset, num_classes)
-    if stored is None:
+def with_canaries(dataset: ArrayDataset, count: int | None, num_classes: int, run_dir: str | Path, *,
+                  resume: bool) -> ArrayDataset:
+    """The training set with ``count`` canaries (None: none): drawn and saved for a new run, reloaded on resume,
+    where the count must be the one the run started with."""
+    stored = (Path(run_dir) / CANARY_FILE).exists()
+    if not resume:
+        if stored:
+            raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or pick another folder")
+        if count is None:
+            return dataset
+        canaries = draw_canaries(count, dataset, num_classes)
         save_canaries(run_dir, canaries)
-    return AuditedDataset(dataset, canaries)
+        return AuditedDataset(dataset, canaries)
+    canaries = load_canaries(run_dir)
+    started_with = len(canaries) if canaries is not None else None
+    if started_with != count:
+        began = f"with {started_with} canaries" if started_with else "without canaries"
+        raise ValueError(f"--audit-canaries {count or 'not given'}: the run in {run_dir} was started {began}; "
+                         "pass the same")
+    return dataset if canaries is None else AuditedDataset(dataset, canaries)
 
 
 # -- the lower bound -----------------------------------------------------------------------------------------------

@@ -313,6 +313,7 @@ class DPSADTrainer(Trainer):
             report["warning"] = NOT_END_TO_END
         return json_safe({**report, **({"data": self.provenance} if self.provenance else {})})
 
+
 def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_dir: str | Path, *, resume: bool = False,
           allow_non_private_teacher: bool = False, progress: bool = True) -> DPSADTrainer:
     """Teacher (per its mode), then the student and the discriminator to the planned steps; the release is the
