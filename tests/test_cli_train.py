@@ -98,3 +98,42 @@ def test_data_dir_flag_points_at_local_copies(config, tmp_path, capsys):
     assert main(["train", config, "--dry-run", "--set", "data.name=mnist", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "mnist") in err and "not found" in err
+
+
+def _error_lines(capsys) -> list[str]:
+    """stderr's lines apart from the progress bar's."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("dpdiffusion")]
+
+
+def test_weights_that_stop_being_finite_stop_the_run_in_one_line(config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", config, "--run-dir", str(run), "--set", "training.lr=1e30"]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "training diverged at step 1" in err[0] and "no checkpoint" in err[0]
+    assert not (run / "release" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("poison", [float("nan"), 3e38])  # 3e38: finite weights, an output that overflows
+def test_divergence_keeps_the_last_good_checkpoint_and_resume_goes_on(config, tmp_path, monkeypatch, capsys, poison):
+    from dpdiffusion.training import Trainer
+
+    run, step = tmp_path / "run", Trainer.step
+
+    def poisoned(self):
+        report = step(self)
+        if self.ledger.steps_taken == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(poison)
+        return report
+
+    monkeypatch.setattr(Trainer, "step", poisoned)
+    assert main(["train", config, "--run-dir", str(run)]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "at step 3" in err[0] and "step-00000002" in err[0]
+    checkpoint = (run / "owner/checkpoints/step-00000002.safetensors").read_bytes()
+    assert json.loads((run / "release/privacy.json").read_text())["spent"]["steps"] == 2
+    assert not (run / "release/model.safetensors").exists()
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["train", config, "--run-dir", str(run), "--resume"]) == 0
+    assert (run / "owner/checkpoints/step-00000002.safetensors").read_bytes() == checkpoint
+    assert json.loads((run / "release/privacy.json").read_text())["spent"]["steps"] == 3

@@ -108,7 +108,7 @@ def add_train_parser(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dpdiffusion.data.datasets import load_dataset
+    from dpdiffusion.data.datasets import check_fits_model, load_dataset
     from dpdiffusion.methods import dpdm, finetune
     from dpdiffusion.runconfig import load_config, resolve_plan
 
@@ -119,6 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
             public = dataclasses.replace(config.pretrain.data, data_dir=args.data_dir)
             config = dataclasses.replace(config, pretrain=dataclasses.replace(config.pretrain, data=public))
     dataset = load_dataset(config.data, "train")
+    check_fits_model(dataset, config.model)
     if config.method == "dpsad":
         if args.audit_canaries:
             raise CliError("--audit-canaries: supported for method dpdm (DP-SAD trains three mechanisms)")

@@ -77,6 +77,15 @@ class TrainingConfig:
     log_every: int = 20
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError(f"checkpoint_every and log_every must be >= 1, got {self.checkpoint_every} and "
+                             f"{self.log_every}")
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -243,6 +252,8 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConfigError(f"--set has an empty key in {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
+        if ":" in raw and isinstance(value, (int, float)):
+            value = raw.strip()  # YAML 1.1 reads 5:2 as the base-60 number 302; a --set value means the text
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {key}: cannot read value {raw!r}") from error
     for part in reversed(key.split(".")):
@@ -297,6 +308,8 @@ def resolve_plan(privacy: PrivacyConfig, dataset_size: int) -> PrivacyPlan:
     delta = privacy.delta if privacy.delta is not None else 1 / (10 * dataset_size)
     steps = steps_for(steps=privacy.steps, epochs=privacy.epochs, dataset_size=dataset_size,
                       expected_batch_size=privacy.batch_size)
+    if steps < 1:
+        raise ConfigError(f"privacy: a run needs at least 1 step, got {steps}")
     common = dict(delta=delta, dataset_size=dataset_size, expected_batch_size=privacy.batch_size,
                   max_grad_norm=privacy.max_grad_norm, multiplicity=privacy.multiplicity, accountant=privacy.accountant)
     if privacy.noise_multiplier is not None:

@@ -24,12 +24,18 @@ from tqdm import tqdm
 
 from dpdiffusion.checkpoint import CheckpointError, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from dpdiffusion.config import Performance
+from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.dpsgd.batch_selection import poisson_sample
 from dpdiffusion.dpsgd.per_example import Batch, PerExampleLoss
 from dpdiffusion.dpsgd.step import DPSGD, StepReport
 from dpdiffusion.io import atomic_write, json_safe, write_json_atomic
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
+
+
+class TrainingDiverged(RuntimeError):
+    """The weights stopped being finite after a DP step (a post-processing check: it reads only released-style
+    state, never un-noised private values)."""
 
 
 class Dataset(Protocol):
@@ -123,6 +129,7 @@ class Trainer:
         self.model, self.loss, self.dataset, self.plan = model, loss, dataset, plan
         self.performance, self.settings, self.config = performance, settings, config or {}
         self.provenance, self.network = provenance or {}, network
+        self._input_shape: tuple[int, ...] | None = None  # set by the first step, for the finiteness probe
         self.run = RunFolder(run_dir)
         sampling_seed, noise_seed = secret_seeds(settings.secret_seed)
         self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
@@ -161,6 +168,29 @@ class Trainer:
 
     def load_extra(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Subclasses restore what ``extra_state`` saved."""
+
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def check_finite(self) -> None:
+        """Stop before a non-finite state is checkpointed or released: non-finite weights, or a denoiser whose
+        output on a fixed public probe (zeros at noise level 1, no label) is not finite. Both read only the
+        weights, a function of noised updates, so the check spends no privacy; the last good checkpoint stays."""
+        params = [p for module in self.trained_modules() for p in module.parameters()]
+        finite = not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+        if finite and isinstance(self.model, Precond) and self._input_shape is not None:
+            training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                probe = torch.zeros(1, *self._input_shape, device=params[0].device)
+                finite = bool(self.model(probe, torch.ones(1, device=probe.device)).isfinite().all())
+            self.model.train(training)
+        if not finite:
+            kept = self.run.checkpoint_files()
+            last = f"the last good checkpoint is {kept[0].name}" if kept else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"training diverged at step {self.ledger.steps_taken}: the weights or the denoiser's output are no "
+                f"longer finite (NaN or inf); {last}; lower training.lr (or check the data) and resume")
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"sampling": self.sampling_generator, "noise": self.noise_generator, "draws": self.draw_generator}
@@ -201,7 +231,9 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> StepReport:
         indices = poisson_sample(len(self.dataset), self.plan.sample_rate, generator=self.sampling_generator)
-        report = self.dp.step(self.dataset.batch(indices))
+        batch = self.dataset.batch(indices)
+        self._input_shape = tuple(batch["x"].shape[1:])  # public: the data's image shape
+        report = self.dp.step(batch)
         self.ema.update(self.model, self.ledger.steps_taken)
         return report
 
@@ -219,6 +251,7 @@ class Trainer:
         with bar, self.run.log.open("a") as log:
             while self.ledger.steps_taken < end:
                 report = self.step()
+                self.check_finite()
                 window_images += report.batch_size
                 bar.update(1)
                 step = self.ledger.steps_taken

@@ -68,3 +68,17 @@ def test_errors_are_one_line_naming_the_setting_folder_or_file(tmp_path):
     (tmp_path / "train" / "cat" / "z.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DatasetFileError, match=r"z\.png is not a readable image"):
         load_image_folder(tmp_path / "train", 8)
+
+
+def test_16_bit_grayscale_maps_by_a_fixed_scale_and_32_bit_is_refused(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    wide = np.array([[0, 257, 65535, 32896]], dtype=np.uint16).repeat(4, axis=0)  # 4x4, 16-bit
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.fromarray(wide).save(tmp_path / "train" / "a" / "w.png")
+    x, _ = load_image_folder(tmp_path / "train", resolution=4, channels=1)
+    assert x[0, 0, 0].tolist() == [0, 1, 255, 128]  # v * 255 / 65535, not clipped at 255
+    Image.fromarray(wide.astype(np.float32)).save(tmp_path / "train" / "a" / "f.tiff")
+    with pytest.raises(DatasetFileError, match=r"f\.tiff holds 32-bit float pixels"):
+        load_image_folder(tmp_path / "train", resolution=4, channels=1)

@@ -12,6 +12,7 @@ from dpdiffusion.data.imagefolder import load_imagefolder_split
 from dpdiffusion.data.imagenet32 import load_imagenet32
 from dpdiffusion.data.mnist import load_mnist
 from dpdiffusion.data.transforms import resize, to_model_range
+from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.runconfig import ConfigError, DataConfig
 from dpdiffusion.training import ArrayDataset
 
@@ -61,3 +62,14 @@ def load_dataset(data: DataConfig, split: str) -> ArrayDataset:
         keep = subset_range(data.subset, len(images))
         images, labels = images[keep.start:keep.stop], labels[keep.start:keep.stop]
     return ArrayDataset(resize(images, data.resolution), labels, transform=to_model_range)
+
+
+def check_fits_model(dataset: ArrayDataset, model: UNetConfig, what: str = "data") -> None:
+    """The images must have the shape the network is built for (a fully convolutional UNet would otherwise
+    train on them and sample at another size). The shape is public; no pixel is read."""
+    have = tuple(dataset.x.shape[1:])
+    want = (model.in_channels, model.img_resolution, model.img_resolution)
+    if have != want:
+        raise ConfigError(f"{what}: the images are {'x'.join(map(str, have))} (channels x height x width) but the "
+                          f"model expects {'x'.join(map(str, want))}: set {what}.resolution (or data.channels) or "
+                          f"model.img_resolution / model.in_channels to match")

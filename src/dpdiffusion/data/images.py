@@ -14,11 +14,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def decode(source: Path | bytes, name: str, mode: str) -> Image.Image:
-    """The image in ``mode`` ("L" or "RGB"); an unreadable file is a DatasetFileError naming it."""
+    """The image in ``mode`` ("L" or "RGB"); an unreadable file is a DatasetFileError naming it. 16-bit
+    grayscale (common in medical imaging) maps to 8 bits by the fixed scale 255 / 65535, never by the image's
+    own range; 32-bit integer or float images have no fixed range and are refused."""
     try:
         with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
             image.load()  # decode now, so a truncated file fails here
+            if image.mode.startswith("I;16"):
+                wide = np.asarray(image).astype(np.float64)
+                image = Image.fromarray(np.rint(wide * (255 / 65535)).astype(np.uint8))
+            elif image.mode in ("I", "F"):
+                raise DatasetFileError(f"{name} holds 32-bit {'integer' if image.mode == 'I' else 'float'} pixels, "
+                                       f"which have no fixed range: save it as 8- or 16-bit")
             return image.convert(mode)
+    except DatasetFileError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetFileError(f"{name} is not a readable image ({error})") from error
 

@@ -260,6 +260,9 @@ class DPSADTrainer(Trainer):
             self.disc_dp.step(self.dataset.batch(indices))
         return super().step()
 
+    def trained_modules(self) -> list[torch.nn.Module]:
+        return [self.model, self.discriminator]
+
     def generators(self) -> dict[str, torch.Generator]:
         return {**super().generators(), "disc_sampling": self.disc_sampling_generator,
                 "disc_noise": self.disc_noise_generator, "disc_draws": self.disc_draw_generator}

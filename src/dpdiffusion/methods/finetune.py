@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
-from dpdiffusion.data.datasets import load_dataset, load_images, subset_range
+from dpdiffusion.data.datasets import check_fits_model, load_dataset, load_images, subset_range
 from dpdiffusion.diffusion.denoiser import build_denoiser, default_levels
 from dpdiffusion.diffusion.generate import load_model_file
 from dpdiffusion.diffusion.loss import DenoisingLoss
@@ -203,6 +203,7 @@ def load_public(config: RunConfig) -> Dataset:
     """The public dataset of stage 1, after the checks that keep it public and usable."""
     check_public_is_not_private(config)
     public = load_dataset(config.pretrain.data, "train")
+    check_fits_model(public, config.model, "pretrain.data")
     check_public_labels(config, public.y)
     if not 1 <= config.pretrain.batch_size <= len(public):
         raise ConfigError(f"pretrain.batch_size {config.pretrain.batch_size} must lie in [1, {len(public)}] (public images)")

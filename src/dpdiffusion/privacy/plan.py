@@ -36,10 +36,12 @@ class PrivacyPlan:
     def __post_init__(self) -> None:
         if self.dataset_size < 1:
             raise PrivacyPlanError(f"the dataset is empty (dataset size {self.dataset_size})")
-        if not 1 <= self.expected_batch_size <= self.dataset_size:
+        if self.expected_batch_size > self.dataset_size:
             raise PrivacyPlanError(
-                f"expected batch size {self.expected_batch_size} must lie in [1, dataset size {self.dataset_size}]"
-            )
+                f"the dataset ({self.dataset_size} examples) is smaller than the expected batch size "
+                f"{self.expected_batch_size}: lower privacy.batch_size")
+        if self.expected_batch_size < 1:
+            raise PrivacyPlanError(f"expected batch size must be >= 1, got {self.expected_batch_size}")
         if self.steps < 0:
             raise PrivacyPlanError(f"steps must be >= 0, got {self.steps}")
         if not self.max_grad_norm > 0:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Empirical privacy audit on MNIST, CPU scale: the DP preset `mnist-eps10-cpu` trained with 1,000 canaries, and
+# a non-private control of the same network (no clipping, no noise, 512 images, trained to overfit) with 256.
+# Each run is trained, then audited (membership inference + the one-run canary bound). One heavy job at a time.
+#   bash benchmarks/audit/mnist_cpu.sh OUT_DIR [RUN ...]   (runs: dp control)
+# Needs MNIST (DPDIFFUSION_DATA_DIR). The audit reports land in OUT_DIR/<run>/owner/audit/ (they read private
+# data without noise and stay with the data owner); the figures are copied into benchmarks/results by hand.
+set -euo pipefail
+out=${1:?usage: mnist_cpu.sh OUT_DIR [RUN ...]}; shift
+runs=${*:-dp control}
+dp() { python -m dpdiffusion "$@"; }
+mkdir -p "$out"
+for name in $runs; do
+  case $name in
+    dp) args=(mnist-eps10-cpu --audit-canaries 1000); audit=(--members 1000) ;;
+    control) args=(mnist-eps10-cpu --audit-canaries 256 --set data.subset=0:512 --set privacy.target_epsilon=null
+                   --set privacy.noise_multiplier=0 --set privacy.max_grad_norm=inf --set privacy.batch_size=256
+                   --set privacy.steps=600 --set training.ema_decay=0 --set training.checkpoint_every=600)
+             audit=(--members 512) ;;
+    *) echo "unknown run $name" >&2; exit 2 ;;
+  esac
+  if [ ! -f "$out/$name/release/model.safetensors" ]; then
+    resume=(); if [ -d "$out/$name/owner" ]; then resume=(--resume); fi
+    start=$SECONDS
+    dp train "${args[@]}" --run-dir "$out/$name" "${resume[@]}" 2>"$out/$name.train.err" | tail -2
+    echo "{\"train_seconds\": $((SECONDS - start))}" >"$out/$name.time.json"
+  fi
+  if [ ! -f "$out/$name/owner/audit/report.json" ]; then
+    start=$SECONDS
+    dp audit "$out/$name" "${audit[@]}" --json >"$out/$name.audit.json" 2>"$out/$name.audit.err"
+    echo "{\"audit_seconds\": $((SECONDS - start))}" >"$out/$name.audit-time.json"
+  fi
+done
