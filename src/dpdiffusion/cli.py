@@ -106,8 +106,20 @@ def add_train_parser(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train on one process, or as one rank of a ``torchrun`` job (``dpdiffusion.distributed``)."""
+    from dpdiffusion import distributed
+
+    world = distributed.init_from_env()
+    try:
+        return train_on(args, world)
+    finally:
+        distributed.close()
+
+
+def train_on(args: argparse.Namespace, world) -> int:
     from pathlib import Path
 
+    from dpdiffusion import distributed
     from dpdiffusion.data.datasets import check_fits_model, load_dataset
     from dpdiffusion.methods import dpdm, finetune
     from dpdiffusion.runconfig import load_config, resolve_plan
@@ -118,7 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
         if config.pretrain.data is not None and config.pretrain.data.data_dir is None:
             public = dataclasses.replace(config.pretrain.data, data_dir=args.data_dir)
             config = dataclasses.replace(config, pretrain=dataclasses.replace(config.pretrain, data=public))
-    dataset = load_dataset(config.data, "train")
+    with distributed.main_first(world):  # rank 0 downloads what is missing; the others then find it
+        dataset = load_dataset(config.data, "train")
     check_fits_model(dataset, config.model)
     if config.method == "dpsad":
         if args.audit_canaries:
@@ -145,11 +158,14 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     from dpdiffusion.audit.canaries import with_canaries
 
-    dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir, resume=args.resume)
+    with distributed.main_first(world):  # rank 0 draws and saves the canaries; the others read them
+        dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir,
+                                resume=args.resume or not world.is_main)
     trainer = dpdm.train(config, dataset, plan, run_dir, resume=args.resume)
     ledger = trainer.ledger
-    print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
-          f"{plan.delta:.3g}; release in {trainer.run.release}")
+    if world.is_main:
+        print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
+              f"{plan.delta:.3g}; release in {trainer.run.release}")
     return 0
 
 
@@ -177,6 +193,8 @@ def run_train_dpsad(args: argparse.Namespace, config, dataset) -> int:
         return 0
     trainer = dpsad.train(config, dataset, plan, Path(args.run_dir or Path("runs") / config.name), resume=args.resume,
                           allow_non_private_teacher=args.allow_non_private_teacher)
+    if not trainer.world.is_main:
+        return 0
     print(f"trained {trainer.ledger.steps_taken}/{trainer.plan.steps} student steps, total epsilon "
           f"{trainer.epsilon_spent():.4g} at delta {plan.delta:.3g}; release in {trainer.run.release}")
     if config.dpsad.teacher == "none":

@@ -8,6 +8,7 @@ A run folder keeps what may be released apart from what stays with the data owne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import secrets
@@ -22,6 +23,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 from tqdm import tqdm
 
+from dpdiffusion import distributed
 from dpdiffusion.checkpoint import CheckpointError, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from dpdiffusion.config import Performance
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -120,9 +122,11 @@ class Trainer:
         config: dict[str, Any] | None = None,
         provenance: dict[str, Any] | None = None,
         network: dict[str, Any] | None = None,
+        world: distributed.World | None = None,
     ):
         """``provenance``: which data was private and public and where training started, for the privacy
-        report; ``network``: what a release needs to rebuild a network that ``config`` does not describe."""
+        report; ``network``: what a release needs to rebuild a network that ``config`` does not describe;
+        ``world``: this process's rank among the job's (``dpdiffusion.distributed``; default: as initialised)."""
         planned = getattr(dataset, "planned_size", len(dataset))  # audit canaries come on top of the plan's N
         if planned != plan.dataset_size:
             raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {planned}")
@@ -131,25 +135,28 @@ class Trainer:
         self.provenance, self.network = provenance or {}, network
         self._input_shape: tuple[int, ...] | None = None  # set by the first step, for the finiteness probe
         self.run = RunFolder(run_dir)
-        sampling_seed, noise_seed = secret_seeds(settings.secret_seed)
+        self.world = world or distributed.current()
+        self.device = performance.resolve_device(self.world)
+        model.to(self.device)
+        # every rank draws the same global Poisson batches (rank 0's secret seed); only rank 0 adds DP noise
+        sampling_seed, noise_seed = distributed.broadcast_ints(list(secret_seeds(settings.secret_seed)), self.world)
         self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
-        self.noise_generator = torch.Generator().manual_seed(noise_seed)
-        self.draw_generator = torch.Generator().manual_seed(settings.seed)
+        self.noise_generator = torch.Generator().manual_seed(noise_seed + self.world.rank)
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
         self.ledger = PrivacyLedger(plan)
         self.ema = EMA(model, settings.ema_decay)  # before the engine hooks the model, so the copy stays plain
         self.dp = DPSGD(
             model, loss, self.optimizer, ledger=self.ledger, performance=performance,
-            draw_generator=self.draw_generator, noise_generator=self.noise_generator,
+            draw_seed=settings.seed, noise_generator=self.noise_generator, world=self.world,
         )
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors: dict[str, torch.Tensor] = {}
         for name, t in self.model.state_dict().items():
-            tensors[f"model.{name}"] = t
+            tensors[f"model.{name}"] = t.cpu()
         for name, t in self.ema.model.state_dict().items():
-            tensors[f"ema.{name}"] = t
+            tensors[f"ema.{name}"] = t.cpu()
         for name, g in self.generators().items():
             tensors[f"rng.{name}"] = g.get_state()
         meta = {
@@ -193,7 +200,7 @@ class Trainer:
                 f"longer finite (NaN or inf); {last}; lower training.lr (or check the data) and resume")
 
     def generators(self) -> dict[str, torch.Generator]:
-        return {"sampling": self.sampling_generator, "noise": self.noise_generator, "draws": self.draw_generator}
+        return {"sampling": self.sampling_generator, "noise": self.noise_generator}
 
     def save(self) -> Path:
         path = self.run.checkpoint_path(self.ledger.steps_taken)
@@ -225,37 +232,48 @@ class Trainer:
                 self.load(path)
                 return path
             except CheckpointError as error:
-                print(f"dpdiffusion: skipping checkpoint: {error}", flush=True)
+                if self.world.is_main:
+                    print(f"dpdiffusion: skipping checkpoint: {error}", flush=True)
         return None
 
     # -- the loop ----------------------------------------------------------------------------------
+    def share(self, indices: torch.Tensor) -> tuple[Batch, int]:
+        """This rank's share of a global Poisson batch (a contiguous run of its blocks), on the training
+        device, and the index of its first block."""
+        first, last = distributed.block_range(len(indices), self.world)
+        mine = indices[first * distributed.DRAW_BLOCK:last * distributed.DRAW_BLOCK]
+        return {k: v.to(self.device) for k, v in self.dataset.batch(mine).items()}, first
+
     def step(self) -> StepReport:
         indices = poisson_sample(len(self.dataset), self.plan.sample_rate, generator=self.sampling_generator)
-        batch = self.dataset.batch(indices)
+        batch, first = self.share(indices)
         self._input_shape = tuple(batch["x"].shape[1:])  # public: the data's image shape
-        report = self.dp.step(batch)
+        report = self.dp.step(batch, first_block=first)
         self.ema.update(self.model, self.ledger.steps_taken)
         return report
 
     def fit(self, *, resume: bool = False, max_steps: int | None = None) -> PrivacyLedger:
-        """Train to the planned steps (or ``max_steps`` more of them), checkpointing along the way."""
+        """Train to the planned steps (or ``max_steps`` more of them), checkpointing along the way. Every rank
+        trains; rank 0 alone writes the log, the checkpoints and the release."""
         if resume:
             self.resume()
         elif self.run.checkpoint_files() or self.run.privacy_report.exists():
             raise FileExistsError(f"{self.run.root} already holds a run; resume it with --resume or pick another folder")
         end = self.plan.steps if max_steps is None else min(self.plan.steps, self.ledger.steps_taken + max_steps)
-        bar = tqdm(total=self.plan.steps, initial=self.ledger.steps_taken, disable=not self.settings.progress,
+        main = self.world.is_main
+        bar = tqdm(total=self.plan.steps, initial=self.ledger.steps_taken, disable=not (self.settings.progress and main),
                    unit="step", dynamic_ncols=True)
         window_images, window_start = 0, time.perf_counter()
-        self.run.owner.mkdir(parents=True, exist_ok=True)
-        with bar, self.run.log.open("a") as log:
+        if main:
+            self.run.owner.mkdir(parents=True, exist_ok=True)
+        with bar, (self.run.log.open("a") if main else contextlib.nullcontext()) as log:
             while self.ledger.steps_taken < end:
                 report = self.step()
                 self.check_finite()
                 window_images += report.batch_size
                 bar.update(1)
                 step = self.ledger.steps_taken
-                if step % self.settings.log_every == 0 or step == end:
+                if main and (step % self.settings.log_every == 0 or step == end):
                     elapsed = time.perf_counter() - window_start
                     record = {**asdict(report), "images_per_s": window_images / max(elapsed, 1e-9)}
                     del record["nonfinite"]  # counted in memory only, never logged
@@ -266,10 +284,11 @@ class Trainer:
                                         loss=f"{report.loss_sum / max(report.batch_size, 1):.4g}",
                                         img_s=f"{record['images_per_s']:.0f}")
                     window_images, window_start = 0, time.perf_counter()
-                if step % self.settings.checkpoint_every == 0 or step == end:
+                if main and (step % self.settings.checkpoint_every == 0 or step == end):
                     self.save()
-        if self.ledger.steps_taken == self.plan.steps:
+        if main and self.ledger.steps_taken == self.plan.steps:
             self.release()
+        distributed.barrier(self.world)  # no rank leaves before rank 0 has written
         return self.ledger
 
     def release(self) -> None:
@@ -279,7 +298,7 @@ class Trainer:
             header["network"] = self.network
         metadata = {"dpdiffusion": json.dumps(json_safe(header))}
         with atomic_write(self.run.model_weights) as f:
-            f.write(save_tensors({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, metadata))
+            f.write(save_tensors({k: v.contiguous().cpu() for k, v in self.ema.model.state_dict().items()}, metadata))
         write_json_atomic(self.run.privacy_report, self.privacy_report())
 
 

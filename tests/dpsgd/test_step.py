@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dpdiffusion.config import Performance
+from dpdiffusion.distributed import block_generator
 from dpdiffusion.dpsgd.step import DPSGD
 from dpdiffusion.privacy.ledger import PrivacyBudgetError, PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
@@ -26,7 +27,7 @@ def make_dpsgd(model, plan, *, engine="vmap", micro_batch_size=64, multiplicity=
         torch.optim.SGD(model.parameters(), lr=lr),
         ledger=PrivacyLedger(plan),
         performance=Performance(engine=engine, micro_batch_size=micro_batch_size),
-        draw_generator=torch.Generator().manual_seed(seed),
+        draw_seed=seed,
         noise_generator=torch.Generator().manual_seed(seed + 1),
     )
 
@@ -46,7 +47,7 @@ def test_without_clipping_and_noise_a_dp_step_is_a_plain_step(engine, generator)
     dp.step(batch)
 
     loss = NoisyRegressionLoss(2)
-    draws = loss.draw(batch, torch.Generator().manual_seed(5))  # the same draws the DP step made
+    draws = loss.draw(batch, block_generator(5, 0, 0))  # the same draws the DP step made (one block, step 0)
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
     loss(plain, batch, draws).mean().backward()
     optimizer.step()
@@ -91,7 +92,7 @@ def test_update_is_clipped_sum_plus_noise_over_expected_batch_size(generator):
     plan = make_plan(expected_batch_size=10, max_grad_norm=0.5, noise_multiplier=2.0)
     dp = make_dpsgd(model, plan, lr=1.0)
     batch = make_batch(3, generator)  # realised size 3, public expected size 10
-    draws = dp.loss.draw(batch, torch.Generator().manual_seed(0))
+    draws = dp.draw(batch, first_block=0)  # the draws of step 0, block 0 (what the step will draw)
     summed, _, _ = dp.clipped_sum(batch, draws)
     noise_generator = torch.Generator().manual_seed(1)
     expected = {}

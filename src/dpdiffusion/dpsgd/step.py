@@ -2,7 +2,9 @@
 per-example gradients -> clip -> sum -> add noise (once) -> scale by 1/B -> optimizer step -> ledger.
 
 Batch selection happens before (``batch_selection``); everything here sees one Poisson batch, which may be
-empty. An empty batch still takes a full step: the noise is added and the ledger advances.
+empty. An empty batch still takes a full step: the noise is added and the ledger advances. With several
+processes (``dpdiffusion.distributed``) each rank sees its share of the global batch; the partial clipped sums
+are all-reduced and the noise is added on rank 0 only, so it enters once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dpdiffusion import distributed
 from dpdiffusion.config import Performance
 from dpdiffusion.dpsgd.clipping import ClipStats, clip_and_sum
 from dpdiffusion.dpsgd.noise import add_noise
@@ -51,9 +54,12 @@ class DPSGD:
         *,
         ledger: PrivacyLedger,
         performance: Performance = Performance(),
-        draw_generator: torch.Generator,
+        draw_seed: int,
         noise_generator: torch.Generator,
+        world: distributed.World | None = None,
     ):
+        """``draw_seed``: public seed of the loss's draws, keyed by (step, block of the batch) so that they do
+        not depend on the number of processes; ``noise_generator``: secret, used on rank 0 only."""
         check_per_example(model)
         self.model = model
         self.loss = loss
@@ -61,8 +67,9 @@ class DPSGD:
         self.ledger = ledger
         self.performance = performance
         self.engine = make_engine(performance.engine, model, loss)
-        self.draw_generator = draw_generator
+        self.draw_seed = draw_seed
         self.noise_generator = noise_generator
+        self.world = world or distributed.current()
 
     @property
     def plan(self):
@@ -86,15 +93,30 @@ class DPSGD:
             loss_sum += float(losses.detach().sum())
         return total, stats, loss_sum
 
+    def draw(self, batch: Batch, first_block: int) -> Batch:
+        """The loss's draws for this rank's share of the batch, which starts at block ``first_block`` of the
+        global batch: block by block, each from its own (draw seed, step, block) generator."""
+        b, step = batch_size_of(batch), self.ledger.steps_taken
+        if b == 0:
+            return self.loss.draw(batch, torch.Generator())  # empty draws of the right shapes
+        size = distributed.DRAW_BLOCK
+        parts = [self.loss.draw(slice_batch(batch, start, start + size),
+                                distributed.block_generator(self.draw_seed, step, first_block + start // size))
+                 for start in range(0, b, size)]
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
     def noisy_mean(self, summed: Grads) -> Grads:
-        """Add N(0, sigma^2 C^2) once, then divide by the public expected batch size B."""
-        noisy = add_noise(
-            summed,
-            noise_multiplier=self.plan.noise_multiplier,
-            max_grad_norm=self.plan.max_grad_norm,
-            generator=self.noise_generator,
-        )
-        return {n: g / self.plan.expected_batch_size for n, g in noisy.items()}
+        """Add N(0, sigma^2 C^2) once (on rank 0, before the ranks' partial sums are added up), then divide by
+        the public expected batch size B."""
+        if self.world.is_main:
+            summed = add_noise(
+                summed,
+                noise_multiplier=self.plan.noise_multiplier,
+                max_grad_norm=self.plan.max_grad_norm,
+                generator=self.noise_generator,
+            )
+        total = distributed.all_reduce_sum(list(summed.values()), self.world)
+        return {n: g / self.plan.expected_batch_size for n, g in zip(summed, total)}
 
     def apply(self, update: Grads) -> None:
         for name, p in trainable_parameters(self.model).items():
@@ -102,16 +124,20 @@ class DPSGD:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, batch: Batch) -> StepReport:
+    def step(self, batch: Batch, first_block: int = 0) -> StepReport:
+        """One step on ``batch`` (this rank's share of the global batch, from block ``first_block`` on)."""
         self.ledger.check_can_step()
-        draws = self.loss.draw(batch, self.draw_generator)
+        draws = self.draw(batch, first_block)
         summed, stats, loss_sum = self.clipped_sum(batch, draws)
         self.apply(self.noisy_mean(summed))
         self.ledger.record_step()
+        counts = torch.tensor([stats.examples, stats.clipped, stats.nonfinite, loss_sum], dtype=torch.float64)
+        (counts,) = distributed.all_reduce_sum([counts], self.world)  # for the owner's log on rank 0
+        examples, clipped, nonfinite, loss_sum = counts.tolist()
         return StepReport(
             step=self.ledger.steps_taken,
-            batch_size=stats.examples,
-            clipped=stats.clipped,
-            nonfinite=stats.nonfinite,
+            batch_size=int(examples),
+            clipped=int(clipped),
+            nonfinite=int(nonfinite),
             loss_sum=loss_sum,
         )

@@ -54,5 +54,6 @@ def train(config: RunConfig, dataset: Dataset, plan: PrivacyPlan, run_dir: str |
     trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
                       settings=settings, config=config.to_dict(), provenance=provenance, network=network)
     trainer.fit(resume=resume)
-    write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
+    if trainer.world.is_main:
+        write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
     return trainer

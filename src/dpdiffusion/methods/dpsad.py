@@ -39,6 +39,7 @@ from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.ledger import PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
+from dpdiffusion import distributed
 from dpdiffusion.training import Dataset, Trainer, TrainSettings, secret_seeds
 
 TEACHERS = ("dp", "public", "none")
@@ -209,13 +210,13 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
             raise ConfigError("dpsad.teacher: none trains the teacher on the private data without privacy, so the "
                               "release is not differentially private; pass --allow-non-private-teacher to run it anyway")
         weights = folder / "model.safetensors"
-        if not weights.is_file():
-            plain = dataclasses.replace(config, pretrain=PretrainConfig(
-                data=config.data, steps=d.teacher_steps, batch_size=d.teacher_batch_size, lr=d.teacher_lr,
-                ema_decay=d.teacher_ema_decay))
-            finetune.pretrain(build_denoiser(config.model, config.diffusion), plain, dataset, weights,
-                              trained_on={"private_without_privacy": finetune.describe_data(config.data, len(dataset))},
-                              progress=progress, desc="teacher (no privacy)")
+        plain = dataclasses.replace(config, pretrain=PretrainConfig(
+            data=config.data, steps=d.teacher_steps, batch_size=d.teacher_batch_size, lr=d.teacher_lr,
+            ema_decay=d.teacher_ema_decay))
+        distributed.made_once(weights, lambda: finetune.pretrain(
+            build_denoiser(config.model, config.diffusion), plain, dataset, weights,
+            trained_on={"private_without_privacy": finetune.describe_data(config.data, len(dataset))},
+            progress=progress, desc="teacher (no privacy)"), distributed.current())
         teacher = load_model_file(weights)[0]
         described = {"mode": "none", "path": str(weights), "warning": NOT_END_TO_END}
     return teacher.eval().requires_grad_(False), described
@@ -240,24 +241,26 @@ class DPSADTrainer(Trainer):
         super().__init__(student, loss, dataset, plan=plan.plan("student"), run_dir=run_dir,
                          performance=config.performance, settings=settings, config=release_config.to_dict(),
                          provenance=provenance)
+        teacher.to(self.device)
+        self.discriminator.to(self.device)
         seed = None if settings.secret_seed is None else settings.secret_seed + 1
-        disc_sampling, disc_noise = secret_seeds(seed)
+        disc_sampling, disc_noise = distributed.broadcast_ints(list(secret_seeds(seed)), self.world)
         self.disc_sampling_generator = torch.Generator().manual_seed(disc_sampling)
-        self.disc_noise_generator = torch.Generator().manual_seed(disc_noise)
-        self.disc_draw_generator = torch.Generator().manual_seed(settings.seed + 1)
+        self.disc_noise_generator = torch.Generator().manual_seed(disc_noise + self.world.rank)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.discriminator_lr, betas=(0.5, 0.999))
         self.disc_ledger = PrivacyLedger(plan.plan("discriminator"))
         disc_loss = DiscriminatorLoss(student, teacher, levels, classes, dropout)
         self.disc_dp = DPSGD(self.discriminator, disc_loss, self.disc_optimizer, ledger=self.disc_ledger,
-                             performance=config.performance, draw_generator=self.disc_draw_generator,
-                             noise_generator=self.disc_noise_generator)
+                             performance=config.performance, draw_seed=settings.seed + 1,
+                             noise_generator=self.disc_noise_generator, world=self.world)
         self.discriminator_steps = d.discriminator_steps
 
     def step(self) -> StepReport:
         for _ in range(self.discriminator_steps):
             indices = poisson_sample(len(self.dataset), self.disc_ledger.plan.sample_rate,
                                      generator=self.disc_sampling_generator)
-            self.disc_dp.step(self.dataset.batch(indices))
+            batch, first = self.share(indices)
+            self.disc_dp.step(batch, first_block=first)
         return super().step()
 
     def trained_modules(self) -> list[torch.nn.Module]:
@@ -265,7 +268,7 @@ class DPSADTrainer(Trainer):
 
     def generators(self) -> dict[str, torch.Generator]:
         return {**super().generators(), "disc_sampling": self.disc_sampling_generator,
-                "disc_noise": self.disc_noise_generator, "disc_draws": self.disc_draw_generator}
+                "disc_noise": self.disc_noise_generator}
 
     def extra_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         from dpdiffusion.checkpoint import flatten_state
@@ -338,5 +341,6 @@ def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_dir: str 
     trainer = DPSADTrainer(student, teacher, config, dataset, plan, run_dir=run_dir, teacher_info=teacher_info,
                            settings=settings, provenance=provenance)
     trainer.fit(resume=resume)
-    write_json_atomic(run_dir / "config.json", config.to_dict())
+    if trainer.world.is_main:
+        write_json_atomic(run_dir / "config.json", config.to_dict())
     return trainer

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
+from dpdiffusion import distributed
 from dpdiffusion.data.datasets import check_fits_model, load_dataset, load_images, subset_range
 from dpdiffusion.diffusion.denoiser import build_denoiser, default_levels
 from dpdiffusion.diffusion.generate import load_model_file
@@ -227,13 +228,12 @@ def start_model(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
     path = public_model_path(run_dir)
     public = load_public(config)
     described = describe_data(config.pretrain.data, len(public))
-    if path.is_file() and resume:
-        model.load_state_dict(load_file(str(path)))
-    elif path.is_file():
+    if path.is_file() and not resume:
         raise FileExistsError(f"{Path(run_dir)} already holds a run; resume it with --resume or pick another folder")
-    else:
-        pretrain(model, config, public, path, trained_on={"public": described}, progress=progress)
-        model.load_state_dict(load_file(str(path)))
+    # with several processes, rank 0 pretrains (public data, no privacy) while the others wait
+    distributed.made_once(path, lambda: pretrain(model, config, public, path, trained_on={"public": described},
+                                                 progress=progress), distributed.current())
+    model.load_state_dict(load_file(str(path)))
     start = {"kind": "pretrained on the public data in this run", "path": str(path), "steps": config.pretrain.steps,
              "sha256": file_sha256(path)}
     return model, None, {"public": described, "start": start}
