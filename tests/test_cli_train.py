@@ -137,3 +137,17 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_goes_on(config, tm
     assert main(["train", config, "--run-dir", str(run), "--resume"]) == 0
     assert (run / "owner/checkpoints/step-00000002.safetensors").read_bytes() == checkpoint
     assert json.loads((run / "release/privacy.json").read_text())["spent"]["steps"] == 3
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(tmp_path, capsys):
+    run, config = tmp_path / "run", write_config(tmp_path, TINY)
+    first = ["train", config, "--run-dir", str(run), "--set", "data.subset=0:1000", "--set", "training.checkpoint_every=1"]
+    assert main(first + ["--set", "privacy.steps=3"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    shifted = ["train", config, "--run-dir", str(run), "--resume", "--set", "data.subset=1:1001",
+               "--set", "training.checkpoint_every=1", "--set", "privacy.steps=3"]
+    assert main(shifted) == 2  # same N, so the same plan: only the data tell the runs apart
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "other training data" in err[0] and "data.subset: '0:1000' -> '1:1001'" in err[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -138,18 +138,21 @@ def test_the_noise_has_variance_sigma2_c2_in_total_not_per_rank(tmp_path, proces
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    """The command itself under torchrun (gloo chosen on a machine without CUDA)."""
+    """The command itself under torchrun (gloo chosen on a machine without CUDA), with audit canaries."""
     config = write_config(tmp_path, TINY_RUN.replace("steps: 2", "steps: 3"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     common = ["-m", "dpdiffusion", "train", config, "--set", "training.seed=5"]
     subprocess.run([sys.executable, *common, "--run-dir", str(tmp_path / "one")], check=True, env=env,
                    capture_output=True)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *common, "--run-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+                           *common, "--run-dir", str(tmp_path / "two"), "--audit-canaries", "4"],
+                          env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained 3/3 steps") == 1  # rank 0 speaks for the job
     weights_one, privacy_one = release_of(tmp_path / "one")
     weights_two, privacy_two = release_of(tmp_path / "two")
     assert privacy_one["plan"] == privacy_two["plan"] and privacy_one["spent"] == privacy_two["spent"]
+    assert privacy_two["data"]["audit_canaries"]["drawn"] == 4  # drawn once, by rank 0, read by rank 1
+    assert (tmp_path / "two" / "owner" / "audit" / "canaries.safetensors").is_file()
     # the secret seeds are fresh entropy in each run: the two runs differ, but both are complete releases
     assert weights_one.keys() == weights_two.keys()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import secrets
 import time
@@ -31,8 +32,21 @@ from dpdiffusion.dpsgd.batch_selection import poisson_sample
 from dpdiffusion.dpsgd.per_example import Batch, PerExampleLoss
 from dpdiffusion.dpsgd.step import DPSGD, StepReport
 from dpdiffusion.io import atomic_write, json_safe, write_json_atomic
-from dpdiffusion.privacy.ledger import PrivacyLedger
+from dpdiffusion.privacy.ledger import LedgerMismatchError, PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
+
+
+def data_fingerprint(dataset: Dataset) -> str | None:
+    """sha256 of an in-memory dataset's images and labels (None for other datasets). It is kept in the owner's
+    checkpoints only, so that a resume on other data is refused: the spend is per dataset."""
+    x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return None
+    digest = hashlib.sha256()
+    for t in (x, y):
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class TrainingDiverged(RuntimeError):
@@ -144,6 +158,7 @@ class Trainer:
         self.noise_generator = torch.Generator().manual_seed(noise_seed + self.world.rank)
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
         self.ledger = PrivacyLedger(plan)
+        self.fingerprint = data_fingerprint(dataset)
         self.ema = EMA(model, settings.ema_decay)  # before the engine hooks the model, so the copy stays plain
         self.dp = DPSGD(
             model, loss, self.optimizer, ledger=self.ledger, performance=performance,
@@ -161,6 +176,7 @@ class Trainer:
             tensors[f"rng.{name}"] = g.get_state()
         meta = {
             "ledger": self.ledger.state_dict(),
+            "data_sha256": self.fingerprint,
             "optimizer": flatten_state("optimizer", self.optimizer.state_dict(), tensors),
             "settings": asdict(self.settings),
             "performance": asdict(self.performance),
@@ -218,12 +234,23 @@ class Trainer:
     def load(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
         self.ledger.load_state_dict(meta["ledger"])  # refuses changed privacy settings before anything else
+        self.check_same_data(meta)
         self.model.load_state_dict(_prefixed(tensors, "model."))
         self.ema.model.load_state_dict(_prefixed(tensors, "ema."))
         self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
         for name, g in self.generators().items():
             g.set_state(tensors[f"rng.{name}"])
         self.load_extra(tensors, meta)
+
+    def check_same_data(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume on other training data than the run started on (same size or not)."""
+        saved = meta.get("data_sha256")
+        if saved and self.fingerprint and saved != self.fingerprint:
+            was, now = (meta.get("config") or {}).get("data", {}), self.config.get("data", {})
+            keys = sorted(k for k in set(was) | set(now) if k != "data_dir" and was.get(k) != now.get(k))
+            changed = ", ".join(f"data.{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in keys) or "same settings"
+            raise LedgerMismatchError(f"cannot resume on other training data than the run started on ({changed}); "
+                                      "the privacy spend is per dataset: start a new run")
 
     def resume(self) -> Path | None:
         """Load the newest checkpoint that passes its checks; report and skip any that does not."""
