@@ -26,7 +26,7 @@ def main(out: str) -> None:
     out_dir = Path(out)
     print("| run | claimed ε | MI ROC AUC | TPR at 1% FPR | canaries | ε lower bound (95%) | train / audit min |")
     print("|---|---|---|---|---|---|---|")
-    for name in ("dp", "control"):
+    for name in ("dp", "control", "control-512"):
         if (out_dir / name / "owner" / "audit" / "report.json").is_file():
             print(row(out_dir, name))
 
