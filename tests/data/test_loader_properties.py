@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dpdiffusion.data.cifar10 import RECORD_BYTES, parse_batch
@@ -20,6 +20,7 @@ def idx_like():
 
 @settings(max_examples=300, deadline=None)
 @given(content=st.one_of(st.binary(max_size=64), idx_like()))
+@example(content=b"\x00\x00\x08\x04\x00\x00\x00\x00\x00\x00\x00\x03@T\x00\x00\xa9\xcc\x00\x00")  # 0 x 3 x huge x ?
 def test_idx_parser_returns_a_consistent_array_or_refuses(content):
     try:
         array = parse_idx(content, "file")

@@ -33,7 +33,10 @@ def parse_idx(content: bytes, name: str) -> np.ndarray:
     shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(content) != header + math.prod(shape):  # exact integers: a crafted header cannot overflow
         raise DatasetFileError(f"{name} holds {len(content) - header} bytes of data, expected {math.prod(shape)} for shape {shape}")
-    return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
+    try:
+        return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
+    except ValueError as error:  # e.g. a zero dimension beside sizes no array can have
+        raise DatasetFileError(f"{name} declares the impossible shape {shape}") from error
 
 
 def load_mnist(split: str = "train", data_dir: str | None = None, dataset: str = "mnist",
