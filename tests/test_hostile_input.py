@@ -34,7 +34,7 @@ def fails_in_one_line(argv, capsys, *needles) -> None:
     ("privacy.max_grad_norm=nan", "privacy.max_grad_norm"),
     ("privacy.batch_sise=64", "unknown configuration key 'privacy.batch_sise'"),
     ("trainig.lr=1", "unknown configuration key 'trainig'"),
-    ("training.lr=-1", "lr must be a finite number > 0"),
+    ("training.lr=-1", "lr must be a finite number >= 0"),
     ("training.ema_decay=1", "ema_decay"),
     ("data.name=nowhere", "unknown dataset"),
 ])

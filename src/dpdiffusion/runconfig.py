@@ -78,8 +78,8 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):  # 0 keeps the weights (a check of a start)
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.checkpoint_every < 1 or self.log_every < 1:

@@ -197,8 +197,9 @@ class Trainer:
 
     def check_finite(self) -> None:
         """Stop before a non-finite state is checkpointed or released: non-finite weights, or a denoiser whose
-        output on a fixed public probe (zeros at noise level 1, no label) is not finite. Both read only the
-        weights, a function of noised updates, so the check spends no privacy; the last good checkpoint stays."""
+        output on a fixed public probe (zeros at noise level 1, the "no label" class) is not finite. Both read
+        only the weights, a function of noised updates, so the check spends no privacy; the last good checkpoint
+        stays."""
         params = [p for module in self.trained_modules() for p in module.parameters()]
         finite = not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
         if finite and isinstance(self.model, Precond) and self._input_shape is not None:
@@ -206,7 +207,9 @@ class Trainer:
             self.model.eval()
             with torch.no_grad():
                 probe = torch.zeros(1, *self._input_shape, device=params[0].device)
-                finite = bool(self.model(probe, torch.ones(1, device=probe.device)).isfinite().all())
+                classes = getattr(self.loss, "num_classes", 0)  # conditional: the "no label" class of dropout
+                labels = torch.full((1,), classes, dtype=torch.long, device=probe.device) if classes else None
+                finite = bool(self.model(probe, torch.ones(1, device=probe.device), labels).isfinite().all())
             self.model.train(training)
         if not finite:
             kept = self.run.checkpoint_files()

@@ -126,7 +126,9 @@ def test_a_run_whose_shape_or_labels_differ_from_the_model_is_refused(pipeline, 
     yaml.write_text(f"data: {{name: digits}}\nfinetune: {{init: '{pipeline}'}}\n"
                     "model: {img_resolution: 16, num_classes: 10, attn_resolutions: []}\nprivacy: {steps: 2}\n")
     assert main(["train", str(yaml), "--dry-run"]) == 2
-    assert "1-channel 8x8 model" in capsys.readouterr().err
+    assert "the images are 1x8x8" in capsys.readouterr().err  # the data do not fit the configured network
+    assert main(["train", str(yaml), "--dry-run", "--set", "data.resolution=16"]) == 2
+    assert "1-channel 8x8 model" in capsys.readouterr().err  # the network does not fit the start checkpoint
     assert main(["train", str(yaml), "--dry-run", "--set", "model.img_resolution=8", "--set", "model.num_classes=12"]) == 2
     assert "has 11 class embeddings" in capsys.readouterr().err
     assert main(["train", str(yaml), "--dry-run", "--set", "model.img_resolution=8"]) == 0
