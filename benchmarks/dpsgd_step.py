@@ -1,18 +1,19 @@
 """Time a plain training step, our DP step and Opacus' DP step side by side, on the same UNet and batch.
 
-    python benchmarks/dpsgd_step.py                  # K in {1, 4, 16, 32}, batch 64, table
-    python benchmarks/dpsgd_step.py --ks 1 --json    # one JSON object (ratio_dp_to_plain, ratio_opacus_to_plain)
+    python benchmarks/dpsgd_step.py                  # K in {1, 8, 32} x batch in {64, 256}, table
+    python benchmarks/dpsgd_step.py --ks 1 --batches 64 --json   # one JSON object (ratio_dp_to_plain, ...)
     python benchmarks/dpsgd_step.py --out benchmarks/results/dpsgd_step_cpu.json
 
-Each (mode, K) runs in a fresh subprocess so that its peak memory (max RSS above the process's baseline
-after building the model and batch) belongs to it alone. Every mode processes the batch in chunks of
-``--rows`` model rows (rows // K examples with their K draws), so activation memory is the same for all K.
-Modes:
+Each (mode, batch, K) runs in a fresh subprocess so that its peak memory (max RSS above the process's
+baseline after building the model and batch) belongs to it alone. Every mode processes the batch in chunks
+of ``--rows`` model rows (rows // K examples with their K draws), so activation memory is the same for all
+K. One warm-up step on a single chunk comes first. Modes:
   plain      mean loss over the batch (all K draws), backward, Adam step: the non-private cost
-  layerwise  our DP step with the default engine (per-layer per-example gradients), clip, noise, Adam
-  vmap       our DP step with torch.func vmap per-example gradients
+  layerwise  our DP step, per-layer per-example gradients (the default engine), clip, noise, Adam
+  ghost      our DP step, per-layer norms (ghost norms where cheaper) and book-keeping clipped sums
+  vmap       our DP step with torch.func vmap per-example gradients (the reference engine)
   opacus     our DP step with stock Opacus hooks computing the per-example gradients
-"ratio_dp_to_plain" is the default engine's (layerwise) ratio.
+"ratio_dp_to_plain" is the default engine's ratio in the first cell.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dpdiffusion.nets.unet import UNet, UNetConfig, count_parameters
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 
-MODES = ("plain", "layerwise", "vmap", "opacus")
+MODES = ("plain", "layerwise", "ghost", "vmap", "opacus")
 DEFAULT_ENGINE = "layerwise"
 
 
@@ -59,13 +60,14 @@ def build(batch_size: int, k: int, seed: int = 0):
     return precond, loss, batch
 
 
-def make_step(mode: str, precond, loss, batch, micro_batch_size: int):
+def make_step(mode: str, precond, loss, expected_batch_size: int, micro_batch_size: int):
+    """A function ``step(batch)`` doing one training step of ``mode``."""
     optimizer = torch.optim.Adam(precond.parameters(), lr=3e-4)
     draw_generator = torch.Generator().manual_seed(1)
     if mode == "plain":
-        b = len(batch["x"])
 
-        def step():
+        def step(batch):
+            b = len(batch["x"])
             draws = loss.draw(batch, draw_generator)
             optimizer.zero_grad(set_to_none=True)
             for start in range(0, b, micro_batch_size):  # gradient accumulation over the same chunks
@@ -76,112 +78,118 @@ def make_step(mode: str, precond, loss, batch, micro_batch_size: int):
 
         return step
     plan = PrivacyPlan(
-        dataset_size=60000, expected_batch_size=len(batch["x"]), steps=10**6, max_grad_norm=1.0,
+        dataset_size=60000, expected_batch_size=expected_batch_size, steps=10**6, max_grad_norm=1.0,
         noise_multiplier=1.0, delta=1e-5, multiplicity=loss.multiplicity,
     )
     dp = DPSGD(
         precond, loss, optimizer, ledger=PrivacyLedger(plan),
         performance=Performance(engine=mode, micro_batch_size=micro_batch_size),
-        draw_generator=draw_generator, noise_generator=torch.Generator().manual_seed(2),
+        draw_seed=1, noise_generator=torch.Generator().manual_seed(2),
     )
-    return lambda: dp.step(batch)
+    return dp.step
 
 
-def worker(mode: str, k: int, args) -> dict:
+def worker(mode: str, batch_size: int, k: int, args) -> dict:
     torch.set_num_threads(args.threads)
-    precond, loss, batch = build(args.batch, k)
-    step = make_step(mode, precond, loss, batch, max(1, args.rows // k))
+    chunk = max(1, args.rows // k)
+    precond, loss, batch = build(batch_size, k)
+    first_chunk = {name: v[:chunk] for name, v in batch.items()}
+    step = make_step(mode, precond, loss, batch_size, chunk)
     baseline = rss_mb()
     for _ in range(args.warmup):
-        step()
+        step(first_chunk)
     times = []
     for _ in range(args.reps):
         start = time.perf_counter()
-        step()
+        step(batch)
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "mode": mode, "k": k, "median_s": statistics.median(times), "times_s": times,
+        "mode": mode, "k": k, "batch": batch_size, "median_s": statistics.median(times), "times_s": times,
         "peak_rss_mb": peak, "extra_mb": peak - baseline, "parameters": count_parameters(precond),
     }
 
 
-def measure(mode: str, k: int, args) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--worker-k", str(k)] + passthrough(args)
-    out = subprocess.run(command, capture_output=True, text=True)
+def measure(mode: str, batch: int, k: int, args) -> dict:
+    command = [sys.executable, __file__, "--worker", mode, "--worker-k", str(k), "--worker-batch", str(batch)]
+    out = subprocess.run(command + passthrough(args), capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"{mode} K={k} failed:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"{mode} batch {batch} K={k} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def passthrough(args) -> list[str]:
-    return [
-        "--batch", str(args.batch), "--reps", str(args.reps), "--warmup", str(args.warmup),
-        "--threads", str(args.threads), "--rows", str(args.rows),
-    ]
+    return ["--reps", str(args.reps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+            "--rows", str(args.rows)]
+
+
+def cell(batch: int, k: int, modes: list[str], args) -> dict:
+    results = {mode: measure(mode, batch, k, args) for mode in modes}
+    parameters = next(iter(results.values()))["parameters"]
+    row = {"batch": batch, "k": k, "examples_per_chunk": max(1, args.rows // k),
+           # what materialising engines hold per chunk, whatever K: examples x parameters x 4 bytes
+           "per_example_grads_mb": max(1, args.rows // k) * parameters * 4 / 2**20,
+           **{f"{m}_s": r["median_s"] for m, r in results.items()},
+           **{f"{m}_extra_mb": r["extra_mb"] for m, r in results.items()}}
+    if "plain" in results:
+        for m in modes:
+            if m != "plain":
+                row[f"ratio_{m}_to_plain"] = results[m]["median_s"] / results["plain"]["median_s"]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--ks", default="1,4,16,32", help="multiplicities, comma-separated")
+    parser.add_argument("--batches", default="64,256", help="expected batch sizes, comma-separated")
+    parser.add_argument("--ks", default="1,8,32", help="multiplicities, comma-separated")
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up steps on one chunk")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", type=int, default=64, help="model rows per chunk (examples x K draws)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--worker-k", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.worker_k, args)))
+        print(json.dumps(worker(args.worker, args.worker_batch, args.worker_k, args)))
         return
 
-    ks = [int(k) for k in args.ks.split(",")]
     modes = args.modes.split(",")
     rows = []
-    for k in ks:
-        results = {mode: measure(mode, k, args) for mode in modes}
-        row = {"k": k, **{f"{m}_s": r["median_s"] for m, r in results.items()},
-               **{f"{m}_extra_mb": r["extra_mb"] for m, r in results.items()}}
-        if "plain" in results:
-            for m in modes:
-                if m != "plain":
-                    row[f"ratio_{m}_to_plain"] = results[m]["median_s"] / results["plain"]["median_s"]
-        rows.append(row)
-        if not args.json:
-            print(json.dumps(row), file=sys.stderr, flush=True)
+    for batch in (int(b) for b in args.batches.split(",")):
+        for k in (int(k) for k in args.ks.split(",")):
+            rows.append(cell(batch, k, modes, args))
+            if not args.json:
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     first = rows[0]
     result = {
         "benchmark": "dpsgd_step",
         "model": "UNet (DDPM++, GroupNorm) MNIST config + EDM preconditioning",
         "parameters": count_parameters(build(1, 1)[0]),
-        "batch": args.batch, "threads": args.threads, "rows_per_chunk": args.rows, "default_engine": DEFAULT_ENGINE,
+        "threads": args.threads, "rows_per_chunk": args.rows, "default_engine": DEFAULT_ENGINE,
         "reps": args.reps, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
         "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),
         "rows": rows,
     }
-    text = json.dumps(result, indent=None if args.json else 2)
     if args.out:
         with open(args.out, "w") as f:
             f.write(json.dumps(result, indent=2) + "\n")
     if args.json:
-        print(text)
-    else:
-        print(f"UNet ({result['parameters']} parameters), batch {args.batch}, {args.threads} threads, "
-              f"{args.rows} rows per chunk, median of {args.reps}")
-        header = f"{'K':>3} " + " ".join(f"{m + ' s':>12}" for m in modes)
-        header += " " + " ".join(f"{m + '/plain':>16}" for m in modes if m != "plain")
-        header += " " + " ".join(f"{m + ' MB':>13}" for m in modes)
-        print(header)
-        for r in rows:
-            line = f"{r['k']:>3} " + " ".join(f"{r[m + '_s']:12.3f}" for m in modes)
-            line += " " + " ".join(f"{r[f'ratio_{m}_to_plain']:16.2f}" for m in modes if m != "plain")
-            line += " " + " ".join(f"{r[m + '_extra_mb']:13.0f}" for m in modes)
-            print(line)
+        print(json.dumps(result))
+        return
+    print(f"UNet ({result['parameters']} parameters), {args.threads} threads, {args.rows} rows per chunk, "
+          f"median of {args.reps}; seconds per step, ratio to plain, peak extra MB")
+    others = [m for m in modes if m != "plain"]
+    print(f"{'B':>4} {'K':>3} " + " ".join(f"{m + ' s':>11}" for m in modes)
+          + " " + " ".join(f"{m + '/plain':>15}" for m in others) + " " + " ".join(f"{m + ' MB':>12}" for m in modes))
+    for r in rows:
+        print(f"{r['batch']:>4} {r['k']:>3} " + " ".join(f"{r[m + '_s']:11.3f}" for m in modes)
+              + " " + " ".join(f"{r.get(f'ratio_{m}_to_plain', float('nan')):15.2f}" for m in others)
+              + " " + " ".join(f"{r[m + '_extra_mb']:12.0f}" for m in modes))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-ENGINES = ("auto", "layerwise", "vmap", "opacus")  # per-example gradient engines (dpsgd.per_example)
+ENGINES = ("auto", "layerwise", "ghost", "vmap", "opacus")  # per-example gradient engines (dpsgd.per_example)
 DEVICES = ("auto", "cpu", "cuda")
 
 

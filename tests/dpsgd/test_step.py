@@ -36,7 +36,7 @@ def params_of(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("engine", ["vmap", "layerwise", "opacus"])
+@pytest.mark.parametrize("engine", ["vmap", "layerwise", "ghost", "opacus"])
 def test_without_clipping_and_noise_a_dp_step_is_a_plain_step(engine, generator):
     torch.manual_seed(0)
     model = TinyDenoiser()
@@ -55,7 +55,7 @@ def test_without_clipping_and_noise_a_dp_step_is_a_plain_step(engine, generator)
         torch.testing.assert_close(dict(model.named_parameters())[name], p, atol=1e-6, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("engine", ["vmap", "layerwise", "opacus"])
+@pytest.mark.parametrize("engine", ["vmap", "layerwise", "ghost", "opacus"])
 def test_micro_batching_does_not_change_the_result(engine, generator):
     batch = make_batch(7, generator)
     results = []
@@ -74,7 +74,7 @@ def test_micro_batching_does_not_change_the_result(engine, generator):
 def test_engines_agree_on_a_full_step(generator):
     batch = make_batch(5, generator)
     results = []
-    for engine in ("vmap", "layerwise", "opacus"):
+    for engine in ("vmap", "layerwise", "ghost", "opacus"):
         torch.manual_seed(0)
         model = TinyDenoiser()
         make_dpsgd(model, make_plan(), engine=engine, multiplicity=2).step(batch)

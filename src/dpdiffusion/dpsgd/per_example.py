@@ -23,6 +23,7 @@ from typing import Callable, Dict, Protocol
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
@@ -172,19 +173,33 @@ class LayerwiseEngine:
         b = batch_size_of(batch)
         if b == 0:
             return _empty(params)
+        records, backprops, losses = self._forward_backward(batch, draws, b)
+        with record_function("dp:per_layer_rules"):
+            grads = self._per_layer(records, backprops, b, params)
+        return grads, losses.detach()
+
+    def _forward_backward(self, batch: Batch, draws: Batch, b: int) -> tuple[list, tuple, torch.Tensor]:
+        """One batched forward (recording each trained layer's input and output) and one backward to the
+        layers' outputs: (records, output gradients, per-example losses)."""
         self._records, self._recording = [], True
         try:
-            losses = self.loss(self.model, batch, draws)
+            with record_function("dp:forward"):
+                losses = self.loss(self.model, batch, draws)
         finally:
             self._recording = False
         records, self._records = self._records, []
-        backprops = torch.autograd.grad(losses.sum(), [out for _, _, out in records], allow_unused=True)
+        for _, x, _ in records:
+            if x.shape[0] % b:
+                raise ValueError(f"the loss called the model on {x.shape[0]} rows, not a multiple of {b} examples")
+        with record_function("dp:backward"):
+            backprops = torch.autograd.grad(losses.sum(), [out for _, _, out in records], allow_unused=True)
+        return records, backprops, losses
+
+    def _per_layer(self, records: list, backprops: tuple, b: int, params: Dict[str, nn.Parameter]) -> Grads:
         grads: Grads = {}
         for (module, x, _), backprop in zip(records, backprops):
             if backprop is None:
                 continue
-            if x.shape[0] % b:
-                raise ValueError(f"the loss called the model on {x.shape[0]} rows, not a multiple of {b} examples")
             for local, value in RULES[type(module)](module, x, backprop, b).items():
                 name = self.layers[module] + local
                 if name in params:  # a frozen parameter of a trained layer is skipped
@@ -192,7 +207,7 @@ class LayerwiseEngine:
         for name, p in params.items():  # a parameter the loss did not use has gradient zero
             if name not in grads:
                 grads[name] = p.new_zeros((b, *p.shape))
-        return grads, losses.detach()
+        return grads
 
 
 def _empty(params: Dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
@@ -200,7 +215,7 @@ def _empty(params: Dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
     return {n: p.new_zeros((0, *p.shape)) for n, p in params.items()}, first.new_zeros(0)
 
 
-def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> VmapEngine | OpacusEngine | LayerwiseEngine:
+def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> "VmapEngine | OpacusEngine | LayerwiseEngine":
     """``auto`` picks the layerwise engine (fastest, measured in benchmarks/dpsgd_step.py) when every layer
     with trainable parameters has a per-layer rule, and torch.func's vmap (any layer) otherwise."""
     if name == "auto":
@@ -212,4 +227,8 @@ def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> VmapEngine
         return LayerwiseEngine(model, loss)
     if name == "opacus":
         return OpacusEngine(model, loss)
+    if name == "ghost":
+        from dpdiffusion.dpsgd.ghost import GhostEngine  # it builds on LayerwiseEngine, defined above
+
+        return GhostEngine(model, loss)
     raise ValueError(f"unknown per-example gradient engine {name!r}; choose one of {', '.join(ENGINES)}")

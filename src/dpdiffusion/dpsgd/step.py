@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dpdiffusion import distributed
 from dpdiffusion.config import Performance
@@ -85,8 +86,14 @@ class DPSGD:
         loss_sum = 0.0
         for start in range(0, b, chunk):
             part, part_draws = slice_batch(batch, start, start + chunk), slice_batch(draws, start, start + chunk)
-            grads, losses = self.engine.per_example_grads(part, part_draws)
-            summed, part_stats = clip_and_sum(grads, max_grad_norm=self.plan.max_grad_norm)
+            if hasattr(self.engine, "clipped_sum"):  # forms the clipped sum without per-example gradients
+                summed, part_stats, losses = self.engine.clipped_sum(
+                    part, part_draws, max_grad_norm=self.plan.max_grad_norm)
+            else:
+                with record_function("dp:per_example_grads"):
+                    grads, losses = self.engine.per_example_grads(part, part_draws)
+                with record_function("dp:clip_and_sum"):
+                    summed, part_stats = clip_and_sum(grads, max_grad_norm=self.plan.max_grad_norm)
             for n in total:
                 total[n] += summed[n]
             stats.add(part_stats)
@@ -127,9 +134,13 @@ class DPSGD:
     def step(self, batch: Batch, first_block: int = 0) -> StepReport:
         """One step on ``batch`` (this rank's share of the global batch, from block ``first_block`` on)."""
         self.ledger.check_can_step()
-        draws = self.draw(batch, first_block)
+        with record_function("dp:draw"):
+            draws = self.draw(batch, first_block)
         summed, stats, loss_sum = self.clipped_sum(batch, draws)
-        self.apply(self.noisy_mean(summed))
+        with record_function("dp:noise"):
+            update = self.noisy_mean(summed)
+        with record_function("dp:optimizer"):
+            self.apply(update)
         self.ledger.record_step()
         counts = torch.tensor([stats.examples, stats.clipped, stats.nonfinite, loss_sum], dtype=torch.float64)
         (counts,) = distributed.all_reduce_sum([counts], self.world)  # for the owner's log on rank 0
