@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from dpdiffusion.allocator import keep_freed_memory
 from dpdiffusion.config import Performance
 from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import EDMPrecond
@@ -91,6 +92,8 @@ def make_step(mode: str, precond, loss, expected_batch_size: int, micro_batch_si
 
 def worker(mode: str, batch_size: int, k: int, args) -> dict:
     torch.set_num_threads(args.threads)
+    if args.allocator == "keep":
+        keep_freed_memory()
     chunk = max(1, args.rows // k)
     precond, loss, batch = build(batch_size, k)
     first_chunk = {name: v[:chunk] for name, v in batch.items()}
@@ -119,7 +122,7 @@ def measure(mode: str, batch: int, k: int, args) -> dict:
 
 
 def passthrough(args) -> list[str]:
-    return ["--reps", str(args.reps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+    return ["--allocator", args.allocator, "--reps", str(args.reps), "--warmup", str(args.warmup), "--threads", str(args.threads),
             "--rows", str(args.rows)]
 
 
@@ -147,6 +150,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="warm-up steps on one chunk")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", type=int, default=64, help="model rows per chunk (examples x K draws)")
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep: dpdiffusion.allocator.keep_freed_memory() in every mode, as training does")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
@@ -169,7 +174,7 @@ def main() -> None:
         "benchmark": "dpsgd_step",
         "model": "UNet (DDPM++, GroupNorm) MNIST config + EDM preconditioning",
         "parameters": count_parameters(build(1, 1)[0]),
-        "threads": args.threads, "rows_per_chunk": args.rows, "default_engine": DEFAULT_ENGINE,
+        "threads": args.threads, "rows_per_chunk": args.rows, "allocator": args.allocator, "default_engine": DEFAULT_ENGINE,
         "reps": args.reps, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
         "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),

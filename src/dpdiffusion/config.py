@@ -19,6 +19,7 @@ class Performance:
     micro_batch_size: int = 64  # examples per per-example-gradient chunk; memory ~ micro_batch * K activations
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto: this rank's GPU when CUDA is available, else the CPU
+    cpu_allocator: str = "keep"  # keep: freed CPU memory stays in the process for reuse (dpdiffusion.allocator)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -27,6 +28,8 @@ class Performance:
             raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.cpu_allocator not in ("keep", "default"):
+            raise ValueError(f"unknown cpu_allocator {self.cpu_allocator!r}; choose keep or default")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
 

@@ -29,8 +29,9 @@ class ClipStats:
 
 def per_example_norms(grads: Grads) -> torch.Tensor:
     """The L2 norm of each example's gradient over all parameters, shape [b]."""
-    squares = [g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads.values()]
-    return torch.stack(squares, dim=0).sum(dim=0).sqrt()
+    # vector_norm reads each gradient once without a squared copy (b x parameters floats) in memory
+    norms = [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads.values()]
+    return torch.linalg.vector_norm(torch.stack(norms, dim=0), dim=0)
 
 
 def clip_factors(norms: torch.Tensor, *, max_grad_norm: float) -> torch.Tensor:

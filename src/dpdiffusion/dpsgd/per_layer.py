@@ -52,13 +52,15 @@ def conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -
 
 
 def group_norm_rule(layer: nn.GroupNorm, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
-    normalised = F.group_norm(x, layer.num_groups, eps=layer.eps)
-    c = layer.num_channels
+    # [b*K, C, ...] -> [b, K, C, positions], summed over draws and positions (no transposed copy)
+    def per_channel(t: torch.Tensor) -> torch.Tensor:
+        return _by_example(t, b).flatten(3).sum(dim=(1, 3)) if t.dim() > 2 else _by_example(t, b).sum(dim=1)
+
     out = {}
     if layer.weight is not None:
-        out["weight"] = _by_example(normalised * grad, b).transpose(1, 2).reshape(b, c, -1).sum(dim=2)
+        out["weight"] = per_channel(F.group_norm(x, layer.num_groups, eps=layer.eps) * grad)
     if layer.bias is not None:
-        out["bias"] = _by_example(grad, b).transpose(1, 2).reshape(b, c, -1).sum(dim=2)
+        out["bias"] = per_channel(grad)
     return out
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from dpdiffusion import distributed
+from dpdiffusion.allocator import keep_freed_memory
 from dpdiffusion.config import Performance
 from dpdiffusion.dpsgd.clipping import ClipStats, clip_and_sum
 from dpdiffusion.dpsgd.noise import add_noise
@@ -62,6 +63,8 @@ class DPSGD:
         """``draw_seed``: public seed of the loss's draws, keyed by (step, block of the batch) so that they do
         not depend on the number of processes; ``noise_generator``: secret, used on rank 0 only."""
         check_per_example(model)
+        if performance.cpu_allocator == "keep":
+            keep_freed_memory()  # per-example buffers are reallocated every micro-batch: keep them mapped
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
