@@ -96,6 +96,9 @@ def worker(mode: str, batch_size: int, k: int, args) -> dict:
         keep_freed_memory()
     chunk = max(1, args.rows // k)
     precond, loss, batch = build(batch_size, k)
+    if args.channels_last:
+        precond = precond.to(memory_format=torch.channels_last)
+        batch = {**batch, "x": batch["x"].contiguous(memory_format=torch.channels_last)}
     first_chunk = {name: v[:chunk] for name, v in batch.items()}
     step = make_step(mode, precond, loss, batch_size, chunk)
     baseline = rss_mb()
@@ -122,7 +125,9 @@ def measure(mode: str, batch: int, k: int, args) -> dict:
 
 
 def passthrough(args) -> list[str]:
-    return ["--allocator", args.allocator, "--reps", str(args.reps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+    layout = ["--channels-last"] if args.channels_last else []
+    return [*layout, "--allocator", args.allocator, "--reps", str(args.reps), "--warmup", str(args.warmup),
+            "--threads", str(args.threads),
             "--rows", str(args.rows)]
 
 
@@ -141,6 +146,20 @@ def cell(batch: int, k: int, modes: list[str], args) -> dict:
     return row
 
 
+def markdown(results: list[dict]) -> str:
+    """Seconds per step of plain, ratios to plain and peak extra memory, one line per (batch, K)."""
+    lines = ["| B | K | plain s | " + " | ".join(f"{m}/plain" for m in MODES[1:])
+             + " | extra MB: " + " / ".join(MODES) + " | per-example grads MB (materialised, per chunk) |",
+             "|---" * (3 + len(MODES) - 1 + 2) + "|"]
+    for result in results:
+        for r in result["rows"]:
+            ratios = [f"{r[f'ratio_{m}_to_plain']:.2f}x" if f"ratio_{m}_to_plain" in r else "not run" for m in MODES[1:]]
+            memory = [f"{r[f'{m}_extra_mb']:.0f}" if f"{m}_extra_mb" in r else "-" for m in MODES]
+            lines.append(f"| {r['batch']} | {r['k']} | {r['plain_s']:.2f} | " + " | ".join(ratios)
+                         + f" | {' / '.join(memory)} | {r['per_example_grads_mb']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="64,256", help="expected batch sizes, comma-separated")
@@ -152,8 +171,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="model rows per chunk (examples x K draws)")
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
                         help="keep: dpdiffusion.allocator.keep_freed_memory() in every mode, as training does")
+    parser.add_argument("--channels-last", action="store_true", help="model and images in channels-last layout")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", help="also write the JSON result to this file")
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print recorded results as one markdown table")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--worker-k", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-batch", type=int, help=argparse.SUPPRESS)
@@ -162,6 +183,9 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.worker_batch, args.worker_k, args)))
         return
 
+    if args.table:
+        print(markdown([json.load(open(path)) for path in args.table]))
+        return
     modes = args.modes.split(",")
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
@@ -174,7 +198,8 @@ def main() -> None:
         "benchmark": "dpsgd_step",
         "model": "UNet (DDPM++, GroupNorm) MNIST config + EDM preconditioning",
         "parameters": count_parameters(build(1, 1)[0]),
-        "threads": args.threads, "rows_per_chunk": args.rows, "allocator": args.allocator, "default_engine": DEFAULT_ENGINE,
+        "threads": args.threads, "rows_per_chunk": args.rows, "allocator": args.allocator,
+        "channels_last": args.channels_last, "default_engine": DEFAULT_ENGINE,
         "reps": args.reps, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
         "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),

@@ -100,3 +100,25 @@ def test_auto_engine_picks_layerwise_when_every_layer_has_a_rule_else_vmap():
     assert make_engine("auto", Odd(), loss).name == "vmap"
     with pytest.raises(ValueError, match="no per-example rule.*'vmap' engine"):
         make_engine("layerwise", Odd(), loss)
+
+
+@pytest.mark.parametrize("rule_bytes", [1, 2_000, 10**9])  # one example at a time, a few, all at once
+@pytest.mark.parametrize("k", [1, 3])
+def test_layerwise_clipped_sum_matches_clipping_the_reference(rule_bytes, k, generator):
+    from dpdiffusion.dpsgd.clipping import clip_and_sum
+
+    torch.manual_seed(k)
+    model = TinyDenoiser(width=6)
+    model.conv_in.requires_grad_(False)
+    loss = NoisyRegressionLoss(multiplicity=k)
+    batch = make_batch(7, generator)
+    batch["x"][4] = float("nan")  # a non-finite example contributes zero and is counted
+    draws = loss.draw(batch, generator)
+    engine = make_engine("layerwise", model, loss)
+    engine.rule_bytes = rule_bytes
+    for c in (1e-3, 0.05, 1e3):
+        summed, stats, losses = engine.clipped_sum(batch, draws, max_grad_norm=c)
+        expected, expected_stats = clip_and_sum(reference_per_example_grads(model, loss, batch, draws), max_grad_norm=c)
+        assert stats == expected_stats and stats.nonfinite == 1
+        assert_grads_close(summed, expected)
+        assert losses.shape == (7,)

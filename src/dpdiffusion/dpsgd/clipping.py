@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Dict
+
 import torch
 
-from dpdiffusion.dpsgd.per_example import Grads
+Grads = Dict[str, torch.Tensor]  # {parameter name: [b, *shape]}
+
 
 # Guards the division for a zero gradient; the clipped norm stays <= C because norm + eps > norm.
 _NORM_EPS = 1e-6

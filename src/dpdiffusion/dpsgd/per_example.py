@@ -26,6 +26,7 @@ from torch.func import functional_call, grad, vmap
 from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
+from dpdiffusion.dpsgd.clipping import ClipStats, clip_and_sum
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
 Batch = Dict[str, torch.Tensor]
@@ -144,6 +145,10 @@ class LayerwiseEngine:
     """
 
     name = "layerwise"
+    # Examples whose per-example gradients are formed, clipped and summed at a time in ``clipped_sum``: about
+    # this many bytes of them, so that they stay in cache between the rules, the norms and the weighted sum
+    # (at 64 examples of a 1.7M-parameter UNet they were 425 MB, and memory traffic cost a third of a step).
+    rule_bytes = 64 * 2**20
 
     def __init__(self, model: nn.Module, loss: PerExampleLoss):
         self.model = model
@@ -177,6 +182,36 @@ class LayerwiseEngine:
         with record_function("dp:per_layer_rules"):
             grads = self._per_layer(records, backprops, b, params)
         return grads, losses.detach()
+
+    def clipped_sum(self, batch: Batch, draws: Batch, *, max_grad_norm: float) -> tuple[Grads, ClipStats, torch.Tensor]:
+        """Sum over examples of each example's gradient clipped to ``max_grad_norm``; statistics; losses [b].
+
+        One forward and backward for the whole micro-batch; then the per-example gradients are formed, clipped
+        and summed a few examples at a time (``rule_bytes``), from views of the stored rows."""
+        params = trainable_parameters(self.model)
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        b = batch_size_of(batch)
+        if b == 0:
+            return total, ClipStats(), next(iter(params.values())).new_zeros(0)
+        records, backprops, losses = self._forward_backward(batch, draws, b)
+        size = sum(p.numel() * p.element_size() for p in params.values())
+        step = max(1, self.rule_bytes // max(1, size))
+        stats = ClipStats()
+        for start in range(0, b, step):
+            stop = min(b, start + step)
+            part = [(module, x[start * (x.shape[0] // b) : stop * (x.shape[0] // b)],
+                     None if grad is None else grad[start * (grad.shape[0] // b) : stop * (grad.shape[0] // b)], out)
+                    for (module, x, out), grad in zip(records, backprops)]
+            with record_function("dp:per_layer_rules"):
+                grads = self._per_layer([(m, x, out) for m, x, _, out in part], tuple(g for _, _, g, _ in part),
+                                        stop - start, params)
+            with record_function("dp:clip_and_sum"):
+                summed, part_stats = clip_and_sum(grads, max_grad_norm=max_grad_norm)
+            del grads
+            for name in total:
+                total[name] += summed[name]
+            stats.add(part_stats)
+        return total, stats, losses.detach()
 
     def _forward_backward(self, batch: Batch, draws: Batch, b: int) -> tuple[list, tuple, torch.Tensor]:
         """One batched forward (recording each trained layer's input and output) and one backward to the
