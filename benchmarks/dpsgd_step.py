@@ -132,7 +132,13 @@ def passthrough(args) -> list[str]:
 
 
 def cell(batch: int, k: int, modes: list[str], args) -> dict:
-    results = {mode: measure(mode, batch, k, args) for mode in modes}
+    """One (batch, K) cell: every mode in its own process, the modes alternating for ``--rounds`` rounds; a
+    mode's time is the median over rounds of its per-process median (process-to-process speed varies on a
+    shared machine), its memory the largest peak."""
+    rounds = [{mode: measure(mode, batch, k, args) for mode in modes} for _ in range(args.rounds)]
+    results = {mode: {"median_s": statistics.median(r[mode]["median_s"] for r in rounds),
+                      "extra_mb": max(r[mode]["extra_mb"] for r in rounds),
+                      "parameters": rounds[0][mode]["parameters"]} for mode in modes}
     parameters = next(iter(results.values()))["parameters"]
     row = {"batch": batch, "k": k, "examples_per_chunk": max(1, args.rows // k),
            # what materialising engines hold per chunk, whatever K: examples x parameters x 4 bytes
@@ -143,6 +149,8 @@ def cell(batch: int, k: int, modes: list[str], args) -> dict:
         for m in modes:
             if m != "plain":
                 row[f"ratio_{m}_to_plain"] = results[m]["median_s"] / results["plain"]["median_s"]
+                # the same ratio within each round: its spread shows how far one round can be trusted
+                row[f"ratio_{m}_to_plain_by_round"] = [r[m]["median_s"] / r["plain"]["median_s"] for r in rounds]
     return row
 
 
@@ -165,7 +173,8 @@ def main() -> None:
     parser.add_argument("--batches", default="64,256", help="expected batch sizes, comma-separated")
     parser.add_argument("--ks", default="1,8,32", help="multiplicities, comma-separated")
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=1, help="processes per mode, the modes alternating")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up steps on one chunk")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", type=int, default=64, help="model rows per chunk (examples x K draws)")
@@ -200,7 +209,7 @@ def main() -> None:
         "parameters": count_parameters(build(1, 1)[0]),
         "threads": args.threads, "rows_per_chunk": args.rows, "allocator": args.allocator,
         "channels_last": args.channels_last, "default_engine": DEFAULT_ENGINE,
-        "reps": args.reps, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
+        "reps": args.reps, "rounds": args.rounds, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
         "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),
         "rows": rows,
