@@ -30,11 +30,20 @@ class ClipStats:
         self.nonfinite += other.nonfinite
 
 
+def row_norms(grads: Grads) -> list[torch.Tensor]:
+    """Each gradient's per-example L2 norm, one [b] tensor per parameter."""
+    # vector_norm reads each gradient once without a squared copy (b x parameters floats) in memory
+    return [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads.values()]
+
+
+def combine_norms(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The norm over all parameters from per-parameter norms, shape [b]."""
+    return torch.linalg.vector_norm(torch.stack(parts, dim=0), dim=0)
+
+
 def per_example_norms(grads: Grads) -> torch.Tensor:
     """The L2 norm of each example's gradient over all parameters, shape [b]."""
-    # vector_norm reads each gradient once without a squared copy (b x parameters floats) in memory
-    norms = [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads.values()]
-    return torch.linalg.vector_norm(torch.stack(norms, dim=0), dim=0)
+    return combine_norms(row_norms(grads))
 
 
 def clip_factors(norms: torch.Tensor, *, max_grad_norm: float) -> torch.Tensor:
@@ -43,20 +52,32 @@ def clip_factors(norms: torch.Tensor, *, max_grad_norm: float) -> torch.Tensor:
     return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
 
 
+def weighted_sum(grads: Grads, factors: torch.Tensor, finite: torch.Tensor) -> Grads:
+    """sum_i factors[i] * grads[i] over the examples whose norm is finite (the others contribute zero)."""
+    drop = not bool(finite.all())
+    summed = {}
+    for name, g in grads.items():
+        if drop:  # 0 * nan is nan: drop the rows before weighting
+            g = torch.where(finite.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
+        summed[name] = torch.tensordot(factors.to(g.dtype), g, dims=1)
+    return summed
+
+
+def clip_stats(norms: torch.Tensor, *, max_grad_norm: float) -> ClipStats:
+    finite = torch.isfinite(norms)
+    return ClipStats(examples=norms.shape[0], clipped=int(((norms > max_grad_norm) & finite).sum()),
+                     nonfinite=int((~finite).sum()))
+
+
+def clip_with_norms(grads: Grads, norms: torch.Tensor, *, max_grad_norm: float) -> tuple[Grads, ClipStats]:
+    """``clip_and_sum`` given each example's norm over *all* its parameters (``grads`` may hold only some)."""
+    summed = weighted_sum(grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
+    return summed, clip_stats(norms, max_grad_norm=max_grad_norm)
+
+
 def clip_and_sum(grads: Grads, *, max_grad_norm: float) -> tuple[Grads, ClipStats]:
     """Sum over examples of each example's gradient clipped to norm ``max_grad_norm``."""
     first = next(iter(grads.values()))
-    b = first.shape[0]
-    if b == 0:
+    if first.shape[0] == 0:
         return {n: g.new_zeros(g.shape[1:]) for n, g in grads.items()}, ClipStats()
-    norms = per_example_norms(grads)
-    finite = torch.isfinite(norms)
-    factors = clip_factors(norms, max_grad_norm=max_grad_norm)
-    nonfinite = int((~finite).sum())
-    summed = {}
-    for name, g in grads.items():
-        if nonfinite:  # 0 * nan is nan: drop the rows before weighting
-            g = torch.where(finite.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
-        summed[name] = torch.tensordot(factors.to(g.dtype), g, dims=1)
-    clipped = int(((norms > max_grad_norm) & finite).sum())
-    return summed, ClipStats(examples=b, clipped=clipped, nonfinite=nonfinite)
+    return clip_with_norms(grads, per_example_norms(grads), max_grad_norm=max_grad_norm)

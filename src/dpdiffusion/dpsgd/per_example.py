@@ -26,7 +26,9 @@ from torch.func import functional_call, grad, vmap
 from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
-from dpdiffusion.dpsgd.clipping import ClipStats, clip_and_sum
+from dpdiffusion.dpsgd.clipping import (
+    ClipStats, clip_factors, clip_stats, combine_norms, row_norms, weighted_sum,
+)
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
 Batch = Dict[str, torch.Tensor]
@@ -146,9 +148,10 @@ class LayerwiseEngine:
 
     name = "layerwise"
     # Examples whose per-example gradients are formed, clipped and summed at a time in ``clipped_sum``: about
-    # this many bytes of them, so that they stay in cache between the rules, the norms and the weighted sum
-    # (at 64 examples of a 1.7M-parameter UNet they were 425 MB, and memory traffic cost a third of a step).
-    rule_bytes = 64 * 2**20
+    # this many bytes of them. Larger slices give the grouped convolutions of the rules more work per call:
+    # the rules of a 1.7M-parameter UNet at 64 examples took 813 / 631 / 504 / 458 / 433 ms in slices of
+    # 4 / 9 / 16 / 32 / 64 examples (2 CPU cores); 256 MiB is 36 examples of it.
+    rule_bytes = 256 * 2**20
 
     def __init__(self, model: nn.Module, loss: PerExampleLoss):
         self.model = model
@@ -186,32 +189,84 @@ class LayerwiseEngine:
     def clipped_sum(self, batch: Batch, draws: Batch, *, max_grad_norm: float) -> tuple[Grads, ClipStats, torch.Tensor]:
         """Sum over examples of each example's gradient clipped to ``max_grad_norm``; statistics; losses [b].
 
-        One forward and backward for the whole micro-batch; then the per-example gradients are formed, clipped
-        and summed a few examples at a time (``rule_bytes``), from views of the stored rows."""
+        One forward and backward for the whole micro-batch. Small layers (``small_layer``: normalisations,
+        biases-only layers) get their per-example gradients for all examples at once; the others a few
+        examples at a time (``rule_bytes``), from views of the stored rows, each slice clipped with the
+        examples' norms over *all* parameters and summed before the next is formed."""
         params = trainable_parameters(self.model)
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         b = batch_size_of(batch)
         if b == 0:
             return total, ClipStats(), next(iter(params.values())).new_zeros(0)
         records, backprops, losses = self._forward_backward(batch, draws, b)
-        size = sum(p.numel() * p.element_size() for p in params.values())
+        used = [(module, x, grad) for (module, x, _), grad in zip(records, backprops) if grad is not None]
+        small = [r for r in used if self._size(r[0], params) <= self.small_layer]
+        large = [r for r in used if self._size(r[0], params) > self.small_layer]
+        with record_function("dp:per_layer_rules"):
+            small_grads = self._layer_grads(small, b, params)
+        with record_function("dp:clip_and_sum"):
+            small_norms = row_norms(small_grads)
+        size = sum(self._size(module, params) * 4 for module in {module for module, _, _ in large})
         step = max(1, self.rule_bytes // max(1, size))
-        stats = ClipStats()
+        stats, all_norms = ClipStats(), []
         for start in range(0, b, step):
             stop = min(b, start + step)
             part = [(module, x[start * (x.shape[0] // b) : stop * (x.shape[0] // b)],
-                     None if grad is None else grad[start * (grad.shape[0] // b) : stop * (grad.shape[0] // b)], out)
-                    for (module, x, out), grad in zip(records, backprops)]
+                     grad[start * (grad.shape[0] // b) : stop * (grad.shape[0] // b)]) for module, x, grad in large]
             with record_function("dp:per_layer_rules"):
-                grads = self._per_layer([(m, x, out) for m, x, _, out in part], tuple(g for _, _, g, _ in part),
-                                        stop - start, params)
+                grads, parts = self._grads_and_norms(part, stop - start, params)
             with record_function("dp:clip_and_sum"):
-                summed, part_stats = clip_and_sum(grads, max_grad_norm=max_grad_norm)
-            del grads
-            for name in total:
-                total[name] += summed[name]
-            stats.add(part_stats)
+                parts += [norms[start:stop] for norms in small_norms]
+                norms = combine_norms(parts) if parts else torch.zeros(stop - start)
+                all_norms.append(norms)
+                stats.add(clip_stats(norms, max_grad_norm=max_grad_norm))
+                summed = weighted_sum(grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
+                del grads
+                for name, value in summed.items():
+                    total[name] += value
+        with record_function("dp:clip_and_sum"):
+            norms = torch.cat(all_norms)
+            summed = weighted_sum(small_grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
+            for name, value in summed.items():
+                total[name] += value
         return total, stats, losses.detach()
+
+    # A layer with at most this many trained parameters gets its per-example gradients for the whole
+    # micro-batch in one go (GroupNorm: 2 x channels), which spares the per-slice calls of many tiny rules.
+    small_layer = 4096
+
+    def _size(self, module: nn.Module, params: Dict[str, nn.Parameter]) -> int:
+        prefix = self.layers[module]
+        return sum(p.numel() for local, p in module.named_parameters(recurse=False) if prefix + local in params)
+
+    def _grads_and_norms(self, records: list, b: int, params: Dict[str, nn.Parameter]) -> tuple[Grads, list]:
+        """``_layer_grads`` and the gradients' per-example norms (one ``[b]`` tensor per parameter), each taken
+        as soon as its rule has formed the gradient, while it is still in cache (a pass over per-example
+        gradients from memory costs as much as a tenth of a step here)."""
+        grads, norms = self._layer_grads(records, b, params, norms={})
+        return grads, [n if n is not None else torch.linalg.vector_norm(grads[k].reshape(b, -1), dim=1)
+                       for k, n in norms.items()]
+
+    def _layer_grads(self, records: list, b: int, params: Dict[str, nn.Parameter], norms: dict | None = None):
+        """Per-example gradients ``{name: [b, ...]}`` of the trained parameters of ``(layer, input, output
+        gradient)`` records (a layer used twice has its gradients added; unused parameters are absent). With
+        ``norms`` (a dict), also fills it with each gradient's per-example norms: None where a parameter got
+        a second contribution after its norm was taken; returns (gradients, norms) then."""
+        grads: Grads = {}
+        for module, x, backprop in records:
+            for local, value in RULES[type(module)](module, x, backprop, b).items():
+                name = self.layers[module] + local
+                if name not in params:  # a frozen parameter of a trained layer is skipped
+                    continue
+                if name in grads:
+                    grads[name] = grads[name] + value
+                    if norms is not None:
+                        norms[name] = None
+                else:
+                    grads[name] = value
+                    if norms is not None:
+                        norms[name] = torch.linalg.vector_norm(value.reshape(b, -1), dim=1)
+        return grads if norms is None else (grads, norms)
 
     def _forward_backward(self, batch: Batch, draws: Batch, b: int) -> tuple[list, tuple, torch.Tensor]:
         """One batched forward (recording each trained layer's input and output) and one backward to the
@@ -231,14 +286,7 @@ class LayerwiseEngine:
         return records, backprops, losses
 
     def _per_layer(self, records: list, backprops: tuple, b: int, params: Dict[str, nn.Parameter]) -> Grads:
-        grads: Grads = {}
-        for (module, x, _), backprop in zip(records, backprops):
-            if backprop is None:
-                continue
-            for local, value in RULES[type(module)](module, x, backprop, b).items():
-                name = self.layers[module] + local
-                if name in params:  # a frozen parameter of a trained layer is skipped
-                    grads[name] = grads[name] + value if name in grads else value
+        grads = self._layer_grads([(m, x, g) for (m, x, _), g in zip(records, backprops) if g is not None], b, params)
         for name, p in params.items():  # a parameter the loss did not use has gradient zero
             if name not in grads:
                 grads[name] = p.new_zeros((b, *p.shape))
