@@ -38,23 +38,18 @@ def _pointwise(layer: nn.Conv2d) -> bool:
 
 
 def pointwise_conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
-    # A 1x1 convolution is a linear layer over positions: one matrix product per example, its K draws and
-    # positions the contracted rows (3-5x faster here than the grouped convolution below).
-    k = x.shape[0] // b
-    x = x.reshape(b, k, layer.in_channels, -1)
-    grad = grad.reshape(b, k, layer.out_channels, -1)
-    if k == 1:
-        weight = torch.bmm(grad[:, 0], x[:, 0].transpose(1, 2))
-    else:
-        weight = torch.einsum("bkot,bkit->boi", grad, x)
-    out = {"weight": weight.reshape(b, *layer.weight.shape)}
+    # A 1x1 convolution with one row per example is a linear layer over positions: one matrix product per
+    # example (3-5x faster here than the grouped convolution below, which stays faster with K > 1 rows).
+    x = x.reshape(b, layer.in_channels, -1)
+    grad = grad.reshape(b, layer.out_channels, -1)
+    out = {"weight": torch.bmm(grad, x.transpose(1, 2)).reshape(b, *layer.weight.shape)}
     if layer.bias is not None:
-        out["bias"] = grad.sum(dim=(1, 3))
+        out["bias"] = grad.sum(dim=2)
     return out
 
 
 def conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
-    if _pointwise(layer):
+    if _pointwise(layer) and x.shape[0] == b:
         return pointwise_conv2d_rule(layer, x, grad, b)
     # The weight gradient of a convolution whose groups are the examples: the b examples become b * groups
     # channel groups of one image, and the K draws of each example its batch dimension, which the weight
