@@ -149,24 +149,3 @@ def test_layerwise_clipped_sum_of_a_layer_used_twice(small_layer, generator):
     expected, expected_stats = clip_and_sum(reference_per_example_grads(model, loss, batch, draws), max_grad_norm=0.05)
     assert stats == expected_stats and stats.clipped > 0
     assert_grads_close(summed, expected)
-
-
-def test_layerwise_rules_in_worker_threads_give_the_same_sum(generator):
-    """On CPU the layers' rules and weighted sums run in worker threads; one thread gives the same result,
-    and torch's intra-op thread count is restored afterwards."""
-    torch.manual_seed(4)
-    model, loss = TinyDenoiser(width=6), NoisyRegressionLoss(multiplicity=2)
-    batch = make_batch(6, generator)
-    draws = loss.draw(batch, generator)
-    engine = make_engine("layerwise", model, loss)
-    engine.rule_bytes, engine.small_layer = 2_000, 50
-    threads = torch.get_num_threads()
-    results = []
-    for workers in (1, 3):
-        engine.rule_threads = workers
-        results.append(engine.clipped_sum(batch, draws, max_grad_norm=0.05))
-        assert torch.get_num_threads() == threads
-    (one, one_stats, _), (three, three_stats, _) = results
-    assert one_stats == three_stats
-    assert_grads_close(three, one, atol=1e-6, rtol=1e-6)
-    assert engine._pool_size == 3

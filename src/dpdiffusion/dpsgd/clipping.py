@@ -52,16 +52,15 @@ def clip_factors(norms: torch.Tensor, *, max_grad_norm: float) -> torch.Tensor:
     return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
 
 
-def weighted_row_sum(g: torch.Tensor, factors: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-    """sum_i factors[i] * g[i] over the examples whose norm is finite (the others contribute zero)."""
-    if not bool(finite.all()):  # 0 * nan is nan: drop the rows before weighting
-        g = torch.where(finite.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
-    return torch.tensordot(factors.to(g.dtype), g, dims=1)
-
-
 def weighted_sum(grads: Grads, factors: torch.Tensor, finite: torch.Tensor) -> Grads:
-    """``weighted_row_sum`` of every parameter's per-example gradients."""
-    return {name: weighted_row_sum(g, factors, finite) for name, g in grads.items()}
+    """sum_i factors[i] * grads[i] over the examples whose norm is finite (the others contribute zero)."""
+    drop = not bool(finite.all())
+    summed = {}
+    for name, g in grads.items():
+        if drop:  # 0 * nan is nan: drop the rows before weighting
+            g = torch.where(finite.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
+        summed[name] = torch.tensordot(factors.to(g.dtype), g, dims=1)
+    return summed
 
 
 def clip_stats(norms: torch.Tensor, *, max_grad_norm: float) -> ClipStats:

@@ -18,7 +18,6 @@ gradient of the mean over K draws is formed per example, so memory holds b gradi
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Protocol
 
 import torch
@@ -28,7 +27,7 @@ from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
 from dpdiffusion.dpsgd.clipping import (
-    ClipStats, clip_factors, clip_stats, combine_norms, row_norms, weighted_row_sum,
+    ClipStats, clip_factors, clip_stats, combine_norms, row_norms, weighted_sum,
 )
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
@@ -169,8 +168,6 @@ class LayerwiseEngine:
             self.layers[module] = f"{name}." if name else ""
         self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self._recording = False
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
         for module in self.layers:
             module.register_forward_hook(self._record)
 
@@ -223,40 +220,16 @@ class LayerwiseEngine:
                 norms = combine_norms(parts) if parts else torch.zeros(stop - start)
                 all_norms.append(norms)
                 stats.add(clip_stats(norms, max_grad_norm=max_grad_norm))
-                self._add_clipped(total, grads, norms, max_grad_norm)
+                summed = weighted_sum(grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
                 del grads
+                for name, value in summed.items():
+                    total[name] += value
         with record_function("dp:clip_and_sum"):
-            self._add_clipped(total, small_grads, torch.cat(all_norms), max_grad_norm)
+            norms = torch.cat(all_norms)
+            summed = weighted_sum(small_grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
+            for name, value in summed.items():
+                total[name] += value
         return total, stats, losses.detach()
-
-    def _add_clipped(self, total: Grads, grads: Grads, norms: torch.Tensor, max_grad_norm: float) -> None:
-        """total += sum over examples of ``grads`` clipped by the examples' norms (over all parameters)."""
-        factors, finite = clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms)
-        summed = self._map(lambda g: weighted_row_sum(g, factors, finite), list(grads.values()))
-        for name, value in zip(grads, summed):
-            total[name] += value
-
-    # Worker threads for ``_map``: None for torch's intra-op thread count, 1 for none.
-    rule_threads: int | None = None
-
-    def _map(self, fn, items: list) -> list:
-        """``[fn(item) for item in items]``; on CPU, in ``torch.get_num_threads()`` worker threads with one
-        intra-op thread each. The rules are many small independent ops (a layer each), which use the cores
-        better side by side than each split over them: the rules of a step of the benchmark UNet took 0.50 s
-        this way against 0.75 s one after another on 2 cores (``benchmarks/results/dpsgd_step_cpu.md``)."""
-        workers = self.rule_threads or torch.get_num_threads()
-        if workers < 2 or len(items) < 2 or next(self.model.parameters()).device.type != "cpu":
-            return [fn(item) for item in items]
-        if self._pool_size != workers:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="dp-rules"), workers
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return list(self._pool.map(fn, items))
-        finally:
-            torch.set_num_threads(threads)
 
     # A layer with at most this many trained parameters gets its per-example gradients for the whole
     # micro-batch in one go (GroupNorm: 2 x channels), which spares the per-slice calls of many tiny rules.
@@ -279,27 +252,20 @@ class LayerwiseEngine:
         gradient)`` records (a layer used twice has its gradients added; unused parameters are absent). With
         ``norms`` (a dict), also fills it with each gradient's per-example norms: None where a parameter got
         a second contribution after its norm was taken; returns (gradients, norms) then."""
-        def one_layer(record: tuple) -> list:
-            module, x, backprop = record
-            out = []
+        grads: Grads = {}
+        for module, x, backprop in records:
             for local, value in RULES[type(module)](module, x, backprop, b).items():
                 name = self.layers[module] + local
-                if name in params:  # a frozen parameter of a trained layer is skipped
-                    norm = None if norms is None else torch.linalg.vector_norm(value.reshape(b, -1), dim=1)
-                    out.append((name, value, norm))
-            return out
-
-        grads: Grads = {}
-        for layer in self._map(one_layer, records):
-            for name, value, norm in layer:
-                if name in grads:  # a layer used twice: its norm is taken again from the sum
+                if name not in params:  # a frozen parameter of a trained layer is skipped
+                    continue
+                if name in grads:
                     grads[name] = grads[name] + value
                     if norms is not None:
                         norms[name] = None
                 else:
                     grads[name] = value
                     if norms is not None:
-                        norms[name] = norm
+                        norms[name] = torch.linalg.vector_norm(value.reshape(b, -1), dim=1)
         return grads if norms is None else (grads, norms)
 
     def _forward_backward(self, batch: Batch, draws: Batch, b: int) -> tuple[list, tuple, torch.Tensor]:
