@@ -206,7 +206,7 @@ class LayerwiseEngine:
             small_grads = self._layer_grads(small, b, params)
         with record_function("dp:clip_and_sum"):
             small_norms = row_norms(small_grads)
-        size = sum(self._size(module, params) * 4 for module in {module for module, _, _ in large})
+        size = sum(self._size(module, params, in_bytes=True) for module in {module for module, _, _ in large})
         step = max(1, self.rule_bytes // max(1, size))
         stats, all_norms = ClipStats(), []
         for start in range(0, b, step):
@@ -217,7 +217,7 @@ class LayerwiseEngine:
                 grads, parts = self._grads_and_norms(part, stop - start, params)
             with record_function("dp:clip_and_sum"):
                 parts += [norms[start:stop] for norms in small_norms]
-                norms = combine_norms(parts) if parts else torch.zeros(stop - start)
+                norms = combine_norms(parts) if parts else total[next(iter(total))].new_zeros(stop - start)
                 all_norms.append(norms)
                 stats.add(clip_stats(norms, max_grad_norm=max_grad_norm))
                 summed = weighted_sum(grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
@@ -235,9 +235,11 @@ class LayerwiseEngine:
     # micro-batch in one go (GroupNorm: 2 x channels), which spares the per-slice calls of many tiny rules.
     small_layer = 4096
 
-    def _size(self, module: nn.Module, params: Dict[str, nn.Parameter]) -> int:
+    def _size(self, module: nn.Module, params: Dict[str, nn.Parameter], in_bytes: bool = False) -> int:
+        """How many trained parameters ``module`` holds (or their bytes)."""
         prefix = self.layers[module]
-        return sum(p.numel() for local, p in module.named_parameters(recurse=False) if prefix + local in params)
+        return sum(p.numel() * (p.element_size() if in_bytes else 1)
+                   for local, p in module.named_parameters(recurse=False) if prefix + local in params)
 
     def _grads_and_norms(self, records: list, b: int, params: Dict[str, nn.Parameter]) -> tuple[Grads, list]:
         """``_layer_grads`` and the gradients' per-example norms (one ``[b]`` tensor per parameter), each taken
