@@ -1,10 +1,13 @@
 """The step benchmark and its profile run end to end at a tiny size (their numbers are not checked: timings
-are never asserted; this keeps the scripts working as the engine changes)."""
+are never asserted; this keeps the scripts working as the engine changes); the synthetic-uses benchmark's sample
+cache grows without resampling what it holds."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--rows", "2", "--reps", "1", "--threads", "1"]
@@ -44,3 +47,28 @@ def test_profile_names_the_stages():
     for stage in ("plain:forward", "plain:backward", "dp:forward", "dp:backward", "dp:per_layer_rules",
                   "dp:clip_and_sum", "dp:noise", "dp:optimizer"):
         assert stage in text
+
+
+def test_synthetic_uses_cache_grows_in_chunks(tmp_path):
+    import importlib.util
+
+    from dpdiffusion.cli import main
+    from tests.tiny import TINY_RUN, write_config
+
+    spec = importlib.util.spec_from_file_location("synthetic_uses", BENCHMARKS / "finetune" / "synthetic_uses.py")
+    uses = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uses)
+    assert main(["train", write_config(tmp_path, TINY_RUN), "--run-dir", str(tmp_path / "run")]) == 0
+    cache = tmp_path / "uses.samples.npz"
+    images, labels, _ = uses.sample(tmp_path / "run", 7, "ddim", 2, cache, chunk=4)
+    assert images.shape == (7, 8, 8, 1) and labels.shape == (7,)
+    with np.load(cache) as f:
+        assert int(f["parts"]) == 2 and len(f["images"]) == 7
+    more, more_labels, _ = uses.sample(tmp_path / "run", 10, "ddim", 2, cache, chunk=4)
+    assert np.array_equal(more[:7], images) and np.array_equal(more_labels[:7], labels)
+    with np.load(cache) as f:
+        assert int(f["parts"]) == 3 and len(f["images"]) == 10
+    # the appended chunk has its own seed: not a repeat of the first chunk's images
+    assert not np.array_equal(more[7:10], images[:3])
+    fewer, _, _ = uses.sample(tmp_path / "missing-run", 5, "ddim", 2, cache)  # served from the cache alone
+    assert np.array_equal(fewer, images[:5])

@@ -7,8 +7,9 @@
 
     python benchmarks/finetune/synthetic_uses.py RUN_DIR --counts 10000,60000 --out results.json
 
-Images are sampled once (the largest count, a fixed seed) and cached next to ``--out``; each count uses the first
-n of them. Needs the run's real test split (DPDIFFUSION_DATA_DIR).
+Images are sampled once (the largest count, fixed seeds, in chunks) and cached next to ``--out``; each count uses
+the first n of them, and a larger count later only samples the images the cache lacks. Needs the run's real test
+split (DPDIFFUSION_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -30,17 +31,33 @@ SETTINGS = [("logreg", 3e-4, 10), ("mlp", 3e-4, 10), ("mlp", 3e-3, 10), ("cnn", 
             ("cnn", 3e-5, 10), ("cnn", 3e-4, 2), ("mlp", 3e-5, 10)]
 
 
-def sample(run_dir: Path, num: int, sampler: str, steps: int, cache: Path) -> tuple[np.ndarray, np.ndarray, float]:
+def sample(run_dir: Path, num: int, sampler: str, steps: int, cache: Path,
+           chunk: int = 20000) -> tuple[np.ndarray, np.ndarray, float]:
+    """The first ``num`` images of the cache, sampled and appended ``chunk`` at a time as needed.
+
+    The cache is rewritten after each chunk, so a stopped run resumes where it was; chunk ``i`` (after the first
+    sampling) uses seed ``i``, so appended images are independent of the ones already there.
+    """
+    images, labels, seconds, parts = np.zeros((0,), np.uint8), np.zeros((0,), np.int64), 0.0, 0
     if cache.is_file():
         with np.load(cache) as f:
-            if len(f["images"]) >= num:
-                return f["images"][:num], f["labels"][:num], float(f["seconds"])
+            images, labels, seconds = f["images"], f["labels"], float(f["seconds"])
+            parts = int(f["parts"]) if "parts" in f else 1
+    if len(images) >= num:
+        return images[:num], labels[:num], seconds
     model, config, _ = load_release(run_dir)
     sampling = dataclasses.replace(config.sampling, sampler=sampler, steps=steps)
-    start = time.perf_counter()
-    images, labels = generate(model, config, num=num, sampling=sampling, seed=0, batch_size=500, progress=True)
-    seconds = time.perf_counter() - start
-    np.savez(cache, images=images, labels=labels, seconds=seconds)
+    while len(images) < num:
+        count = min(chunk, num - len(images))
+        start = time.perf_counter()
+        new_images, new_labels = generate(model, config, num=count, sampling=sampling, seed=parts, batch_size=500,
+                                          progress=True)
+        seconds += time.perf_counter() - start
+        images = np.concatenate([images, new_images]) if len(images) else new_images
+        labels = np.concatenate([labels, new_labels]) if len(labels) else new_labels
+        parts += 1
+        np.savez(cache, images=images, labels=labels, seconds=seconds, parts=parts)
+        print(json.dumps({"sampled": len(images), "sampling_seconds": seconds}), flush=True)
     return images, labels, seconds
 
 
