@@ -149,3 +149,58 @@ def test_layerwise_clipped_sum_of_a_layer_used_twice(small_layer, generator):
     expected, expected_stats = clip_and_sum(reference_per_example_grads(model, loss, batch, draws), max_grad_norm=0.05)
     assert stats == expected_stats and stats.clipped > 0
     assert_grads_close(summed, expected)
+
+
+def test_tied_weights_are_refused_by_the_layer_engines_and_auto_picks_vmap(generator):
+    """Two layers sharing one weight: the per-layer rules would count one layer's share only, so the layer
+    engines refuse the model and ``auto`` falls back to vmap, which gets the tie right."""
+    from dpdiffusion.dpsgd.clipping import clip_and_sum
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = TinyDenoiser(width=4)
+            self.a = torch.nn.Conv2d(1, 1, 3, padding=1)
+            self.b = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            self.b.weight = self.a.weight
+
+        def forward(self, x, sigma, labels):
+            return self.b(self.a(self.net(x, sigma, labels)))
+
+    loss = NoisyRegressionLoss(multiplicity=2)
+    for name in ("layerwise", "ghost"):
+        with pytest.raises(ValueError, match="layers 'a' and 'b' share the parameter 'weight'.*'vmap' engine"):
+            make_engine(name, Tied(), loss)
+    model = Tied()
+    engine = make_engine("auto", model, loss)
+    assert engine.name == "vmap"
+    batch = make_batch(4, generator)
+    draws = loss.draw(batch, generator)
+    summed, _ = clip_and_sum(engine.per_example_grads(batch, draws)[0], max_grad_norm=0.05)
+    expected, _ = clip_and_sum(reference_per_example_grads(model, loss, batch, draws), max_grad_norm=0.05)
+    assert_grads_close(summed, expected)
+    # a layer registered under two names is one layer, not a tie
+    twice = TinyDenoiser(width=4)
+    twice.alias = twice.conv_out
+    assert make_engine("auto", twice, loss).name == "layerwise"
+
+
+@pytest.mark.parametrize("name", ["layerwise", "ghost"])
+def test_output_changed_in_place_is_refused(name, generator):
+    """After ``relu_`` on a layer's output, the gradient autograd gives for that tensor is the one after the
+    ReLU, not the layer's: the layer engines say so instead of returning a wrong gradient."""
+
+    class InPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = TinyDenoiser(width=4)
+            self.mix = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, sigma, labels):
+            return torch.relu_(self.mix(self.net(x, sigma, labels)))
+
+    loss = NoisyRegressionLoss()
+    batch = make_batch(3, generator)
+    engine = make_engine(name, InPlace(), loss)
+    with pytest.raises(ValueError, match="output of layer 'mix' was changed in place"):
+        engine.clipped_sum(batch, loss.draw(batch, generator), max_grad_norm=1.0)

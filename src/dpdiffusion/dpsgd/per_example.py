@@ -166,14 +166,17 @@ class LayerwiseEngine:
                     f"layer '{name}' ({type(module).__name__}) {reason}; use the 'vmap' engine for this model"
                 )
             self.layers[module] = f"{name}." if name else ""
-        self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        shared = shared_parameter(model)
+        if shared:
+            raise ValueError(f"{shared}; the per-layer rules would miss one layer's share, use the 'vmap' engine")
+        self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []
         self._recording = False
         for module in self.layers:
             module.register_forward_hook(self._record)
 
     def _record(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if self._recording and torch.is_grad_enabled():
-            self._records.append((module, inputs[0].detach(), output))
+            self._records.append((module, inputs[0].detach(), output, output._version))
 
     def per_example_grads(self, batch: Batch, draws: Batch) -> tuple[Grads, torch.Tensor]:
         """Per-example gradients ``{name: [b, ...]}`` and per-example losses ``[b]``."""
@@ -280,9 +283,13 @@ class LayerwiseEngine:
         finally:
             self._recording = False
         records, self._records = self._records, []
-        for _, x, _ in records:
+        for module, x, out, version in records:
             if x.shape[0] % b:
                 raise ValueError(f"the loss called the model on {x.shape[0]} rows, not a multiple of {b} examples")
+            if out._version != version:  # its gradient would be the one after the in-place operation
+                raise ValueError(f"the output of layer '{self.layers[module].rstrip('.') or type(module).__name__}' "
+                                 "was changed in place (e.g. relu_); use out-of-place operations or the 'vmap' engine")
+        records = [(module, x, out) for module, x, out, _ in records]
         with record_function("dp:backward"):
             backprops = torch.autograd.grad(losses.sum(), [out for _, _, out in records], allow_unused=True)
         return records, backprops, losses
@@ -300,12 +307,26 @@ def _empty(params: Dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
     return {n: p.new_zeros((0, *p.shape)) for n, p in params.items()}, first.new_zeros(0)
 
 
+def shared_parameter(model: nn.Module) -> str | None:
+    """Which trainable parameter two layers share (tied weights), or None: the per-layer rules would give
+    each layer's share of its gradient under one name only."""
+    owner: dict[int, tuple[nn.Module, str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for local, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                first, first_name = owner.setdefault(id(p), (module, name))
+                if first is not module:  # the same module under two names is one layer, not a tie
+                    return f"layers '{first_name}' and '{name}' share the parameter '{local}'"
+    return None
+
+
 def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> "VmapEngine | OpacusEngine | LayerwiseEngine":
     """``auto`` picks the layerwise engine (fastest, measured in benchmarks/dpsgd_step.py) when every layer
     with trainable parameters has a per-layer rule, and torch.func's vmap (any layer) otherwise."""
     if name == "auto":
         trained = (m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False)))
-        name = "layerwise" if all(unsupported(m) is None for m in trained) else "vmap"
+        rules = all(unsupported(m) is None for m in trained) and shared_parameter(model) is None
+        name = "layerwise" if rules else "vmap"
     if name == "vmap":
         return VmapEngine(model, loss)
     if name == "layerwise":
