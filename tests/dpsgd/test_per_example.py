@@ -204,3 +204,24 @@ def test_output_changed_in_place_is_refused(name, generator):
     engine = make_engine(name, InPlace(), loss)
     with pytest.raises(ValueError, match="output of layer 'mix' was changed in place"):
         engine.clipped_sum(batch, loss.draw(batch, generator), max_grad_norm=1.0)
+
+
+@pytest.mark.parametrize("name", ["layerwise", "ghost"])
+@pytest.mark.parametrize("small_layer", [0, 10**9])
+def test_clipped_sum_with_part_of_a_layer_frozen(name, small_layer, generator):
+    """A trained weight beside a frozen bias (and the reverse) in one layer: norms and sums over what is trained."""
+    from dpdiffusion.dpsgd.clipping import clip_and_sum
+
+    torch.manual_seed(5)
+    model, loss = TinyDenoiser(width=4), NoisyRegressionLoss(multiplicity=2)
+    model.conv_out.bias.requires_grad_(False)
+    model.norm.weight.requires_grad_(False)
+    batch = make_batch(5, generator)
+    draws = loss.draw(batch, generator)
+    engine = make_engine(name, model, loss)
+    engine.small_layer = small_layer
+    summed, stats, _ = engine.clipped_sum(batch, draws, max_grad_norm=0.05)
+    expected, expected_stats = clip_and_sum(reference_per_example_grads(model, loss, batch, draws), max_grad_norm=0.05)
+    assert "conv_out.bias" not in summed and "norm.weight" not in summed and "norm.bias" in summed
+    assert stats == expected_stats and stats.clipped > 0
+    assert_grads_close(summed, expected)
