@@ -125,22 +125,26 @@ def test_layerwise_clipped_sum_matches_clipping_the_reference(rule_bytes, k, sma
         assert losses.shape == (7,)
 
 
+class WithHead(torch.nn.Module):
+    """A small denoiser followed by ``head(mix, h)``, where ``mix`` is a 1-channel 3x3 convolution."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.net = TinyDenoiser(width=4)
+        self.mix = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.head = head
+
+    def forward(self, x, sigma, labels):
+        return self.head(self.mix, self.net(x, sigma, labels))
+
+
 @pytest.mark.parametrize("small_layer", [0, 10**9])
 def test_layerwise_clipped_sum_of_a_layer_used_twice(small_layer, generator):
     """A layer applied twice in one forward: its two contributions are added before the norm is taken."""
     from dpdiffusion.dpsgd.clipping import clip_and_sum
 
-    class Twice(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = TinyDenoiser(width=4)
-            self.mix = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-        def forward(self, x, sigma, labels):
-            return self.mix(self.mix(self.net(x, sigma, labels)))
-
     torch.manual_seed(3)
-    model, loss = Twice(), NoisyRegressionLoss(multiplicity=2)
+    model, loss = WithHead(lambda mix, h: mix(mix(h))), NoisyRegressionLoss(multiplicity=2)
     batch = make_batch(5, generator)
     draws = loss.draw(batch, generator)
     engine = make_engine("layerwise", model, loss)
@@ -189,19 +193,9 @@ def test_tied_weights_are_refused_by_the_layer_engines_and_auto_picks_vmap(gener
 def test_output_changed_in_place_is_refused(name, generator):
     """After ``relu_`` on a layer's output, the gradient autograd gives for that tensor is the one after the
     ReLU, not the layer's: the layer engines say so instead of returning a wrong gradient."""
-
-    class InPlace(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = TinyDenoiser(width=4)
-            self.mix = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-        def forward(self, x, sigma, labels):
-            return torch.relu_(self.mix(self.net(x, sigma, labels)))
-
     loss = NoisyRegressionLoss()
     batch = make_batch(3, generator)
-    engine = make_engine(name, InPlace(), loss)
+    engine = make_engine(name, WithHead(lambda mix, h: torch.relu_(mix(h))), loss)
     with pytest.raises(ValueError, match="output of layer 'mix' was changed in place"):
         engine.clipped_sum(batch, loss.draw(batch, generator), max_grad_norm=1.0)
 

@@ -30,10 +30,10 @@ class ClipStats:
         self.nonfinite += other.nonfinite
 
 
-def row_norms(grads: Grads) -> list[torch.Tensor]:
-    """Each gradient's per-example L2 norm, one [b] tensor per parameter."""
-    # vector_norm reads each gradient once without a squared copy (b x parameters floats) in memory
-    return [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads.values()]
+def row_norm(g: torch.Tensor) -> torch.Tensor:
+    """A per-example gradient's L2 norm for each example, shape [b]."""
+    # vector_norm reads the gradient once without a squared copy (b x parameters floats) in memory
+    return torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1)
 
 
 def combine_norms(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -43,7 +43,7 @@ def combine_norms(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def per_example_norms(grads: Grads) -> torch.Tensor:
     """The L2 norm of each example's gradient over all parameters, shape [b]."""
-    return combine_norms(row_norms(grads))
+    return combine_norms([row_norm(g) for g in grads.values()])
 
 
 def clip_factors(norms: torch.Tensor, *, max_grad_norm: float) -> torch.Tensor:

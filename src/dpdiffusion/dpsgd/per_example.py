@@ -27,7 +27,7 @@ from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
 from dpdiffusion.dpsgd.clipping import (
-    ClipStats, clip_factors, clip_stats, combine_norms, row_norms, weighted_sum,
+    ClipStats, clip_with_norms, combine_norms, row_norm,
 )
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
@@ -202,34 +202,31 @@ class LayerwiseEngine:
         if b == 0:
             return total, ClipStats(), next(iter(params.values())).new_zeros(0)
         records, backprops, losses = self._forward_backward(batch, draws, b)
-        used = [(module, x, grad) for (module, x, _), grad in zip(records, backprops) if grad is not None]
-        small = [r for r in used if self._size(r[0], params) <= self.small_layer]
-        large = [r for r in used if self._size(r[0], params) > self.small_layer]
+        small, large = [], []
+        for (module, x, _), grad in zip(records, backprops):
+            if grad is not None:  # None: the layer's output did not reach the loss
+                (small if self._size(module, params) <= self.small_layer else large).append((module, x, grad))
         with record_function("dp:per_layer_rules"):
-            small_grads = self._layer_grads(small, b, params)
-        with record_function("dp:clip_and_sum"):
-            small_norms = row_norms(small_grads)
+            small_grads, small_norms = self._layer_grads(small, b, params, with_norms=True)
         size = sum(self._size(module, params, in_bytes=True) for module in {module for module, _, _ in large})
         step = max(1, self.rule_bytes // max(1, size))
-        stats, all_norms = ClipStats(), []
+        all_norms = []
         for start in range(0, b, step):
             stop = min(b, start + step)
             part = [(module, x[start * (x.shape[0] // b) : stop * (x.shape[0] // b)],
                      grad[start * (grad.shape[0] // b) : stop * (grad.shape[0] // b)]) for module, x, grad in large]
             with record_function("dp:per_layer_rules"):
-                grads, parts = self._grads_and_norms(part, stop - start, params)
+                grads, parts = self._layer_grads(part, stop - start, params, with_norms=True)
             with record_function("dp:clip_and_sum"):
                 parts += [norms[start:stop] for norms in small_norms]
                 norms = combine_norms(parts) if parts else total[next(iter(total))].new_zeros(stop - start)
                 all_norms.append(norms)
-                stats.add(clip_stats(norms, max_grad_norm=max_grad_norm))
-                summed = weighted_sum(grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
+                summed, _ = clip_with_norms(grads, norms, max_grad_norm=max_grad_norm)
                 del grads
                 for name, value in summed.items():
                     total[name] += value
         with record_function("dp:clip_and_sum"):
-            norms = torch.cat(all_norms)
-            summed = weighted_sum(small_grads, clip_factors(norms, max_grad_norm=max_grad_norm), torch.isfinite(norms))
+            summed, stats = clip_with_norms(small_grads, torch.cat(all_norms), max_grad_norm=max_grad_norm)
             for name, value in summed.items():
                 total[name] += value
         return total, stats, losses.detach()
@@ -244,20 +241,16 @@ class LayerwiseEngine:
         return sum(p.numel() * (p.element_size() if in_bytes else 1)
                    for local, p in module.named_parameters(recurse=False) if prefix + local in params)
 
-    def _grads_and_norms(self, records: list, b: int, params: Dict[str, nn.Parameter]) -> tuple[Grads, list]:
-        """``_layer_grads`` and the gradients' per-example norms (one ``[b]`` tensor per parameter), each taken
-        as soon as its rule has formed the gradient, while it is still in cache (a pass over per-example
-        gradients from memory costs as much as a tenth of a step here)."""
-        grads, norms = self._layer_grads(records, b, params, norms={})
-        return grads, [n if n is not None else torch.linalg.vector_norm(grads[k].reshape(b, -1), dim=1)
-                       for k, n in norms.items()]
-
-    def _layer_grads(self, records: list, b: int, params: Dict[str, nn.Parameter], norms: dict | None = None):
+    def _layer_grads(self, records: list, b: int, params: Dict[str, nn.Parameter],
+                     with_norms: bool = False) -> tuple[Grads, list[torch.Tensor]]:
         """Per-example gradients ``{name: [b, ...]}`` of the trained parameters of ``(layer, input, output
-        gradient)`` records (a layer used twice has its gradients added; unused parameters are absent). With
-        ``norms`` (a dict), also fills it with each gradient's per-example norms: None where a parameter got
-        a second contribution after its norm was taken; returns (gradients, norms) then."""
+        gradient)`` records (a layer used twice has its gradients added; unused parameters are absent), and
+        with ``with_norms`` their per-example norms, one ``[b]`` tensor per parameter. Each norm is taken as
+        soon as its rule has formed the gradient, while it is still in cache (a pass over per-example gradients
+        from memory costs as much as a tenth of a step here); a parameter with a second contribution is
+        normed again at the end."""
         grads: Grads = {}
+        norms: dict[str, torch.Tensor] = {}
         for module, x, backprop in records:
             for local, value in RULES[type(module)](module, x, backprop, b).items():
                 name = self.layers[module] + local
@@ -265,13 +258,14 @@ class LayerwiseEngine:
                     continue
                 if name in grads:
                     grads[name] = grads[name] + value
-                    if norms is not None:
-                        norms[name] = None
+                    norms.pop(name, None)
                 else:
                     grads[name] = value
-                    if norms is not None:
-                        norms[name] = torch.linalg.vector_norm(value.reshape(b, -1), dim=1)
-        return grads if norms is None else (grads, norms)
+                    if with_norms:
+                        norms[name] = row_norm(value)
+        if not with_norms:
+            return grads, []
+        return grads, [norms[name] if name in norms else row_norm(g) for name, g in grads.items()]
 
     def _forward_backward(self, batch: Batch, draws: Batch, b: int) -> tuple[list, tuple, torch.Tensor]:
         """One batched forward (recording each trained layer's input and output) and one backward to the
@@ -295,7 +289,8 @@ class LayerwiseEngine:
         return records, backprops, losses
 
     def _per_layer(self, records: list, backprops: tuple, b: int, params: Dict[str, nn.Parameter]) -> Grads:
-        grads = self._layer_grads([(m, x, g) for (m, x, _), g in zip(records, backprops) if g is not None], b, params)
+        grads, _ = self._layer_grads([(m, x, g) for (m, x, _), g in zip(records, backprops) if g is not None], b,
+                                     params)
         for name, p in params.items():  # a parameter the loss did not use has gradient zero
             if name not in grads:
                 grads[name] = p.new_zeros((b, *p.shape))
