@@ -4,9 +4,10 @@
     python benchmarks/dpsgd_profile.py --batch 64 --k 8 --out benchmarks/results/dpsgd_profile_cpu_b64_k8.txt
 
 The stages are the ``dp:*`` scopes the engine and the step open (``torch.profiler.record_function``):
-draw, forward, backward (to the layers' outputs), per_layer_rules (per-example parameter gradients),
-clip_and_sum, noise, optimizer. A plain step (forward, backward, Adam) of the same model and batch is
-profiled beside it, so the stage times can be read against the non-private cost.
+draw, forward, backward (to the layers' outputs), ghost_norms, per_layer_rules (per-example parameter
+gradients), clip_and_sum, bookkeeping (the ghost layers' clipped sums), noise, optimizer. A plain step
+(forward, backward, Adam) of the same model and batch is profiled beside it, so the stage times can be read
+against the non-private cost.
 """
 
 from __future__ import annotations

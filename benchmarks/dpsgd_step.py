@@ -9,8 +9,10 @@ baseline after building the model and batch) belongs to it alone. Every mode pro
 of ``--rows`` model rows (rows // K examples with their K draws), so activation memory is the same for all
 K. One warm-up step on a single chunk comes first. Modes:
   plain      mean loss over the batch (all K draws), backward, Adam step: the non-private cost
-  layerwise  our DP step, per-layer per-example gradients (the default engine), clip, noise, Adam
-  ghost      our DP step, per-layer norms (ghost norms where cheaper) and book-keeping clipped sums
+  layerwise  our DP step (the default engine): per-layer per-example gradients, ghost norms and book-keeping
+             sums for the layers where those are cheaper (mixed ghost clipping), clip, noise, Adam
+  materialised  the same engine with every layer's per-example gradients materialised (no ghost norms)
+  ghost      the same engine with ghost norms on every Linear and Conv2d layer (pure ghost clipping)
   vmap       our DP step with torch.func vmap per-example gradients (the reference engine)
   opacus     our DP step with stock Opacus hooks computing the per-example gradients
 "ratio_dp_to_plain" is the default engine's ratio in the first cell.
@@ -40,7 +42,7 @@ from dpdiffusion.nets.unet import UNet, UNetConfig, count_parameters
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 
-MODES = ("plain", "layerwise", "ghost", "vmap", "opacus")
+MODES = ("plain", "layerwise", "materialised", "ghost", "vmap", "opacus")
 DEFAULT_ENGINE = "layerwise"
 
 
@@ -84,9 +86,11 @@ def make_step(mode: str, precond, loss, expected_batch_size: int, micro_batch_si
     )
     dp = DPSGD(
         precond, loss, optimizer, ledger=PrivacyLedger(plan),
-        performance=Performance(engine=mode, micro_batch_size=micro_batch_size),
+        performance=Performance(engine="layerwise" if mode == "materialised" else mode, micro_batch_size=micro_batch_size),
         draw_seed=1, noise_generator=torch.Generator().manual_seed(2),
     )
+    if mode == "materialised":
+        dp.engine.ghost = "never"
     return dp.step
 
 

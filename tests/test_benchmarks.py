@@ -21,7 +21,7 @@ def run(script: str, *args: str) -> str:
 
 
 def test_step_benchmark_measures_every_mode():
-    modes = ["plain", "layerwise", "ghost", "vmap", "opacus"]
+    modes = ["plain", "layerwise", "materialised", "ghost", "vmap", "opacus"]
     result = json.loads(run("dpsgd_step.py", "--batches", "2", "--ks", "2", *TINY, "--modes", ",".join(modes),
                             "--json"))
     (row,) = result["rows"]
@@ -39,7 +39,7 @@ def test_cells_rounds_and_markdown_table(tmp_path):
     assert all(len(r["ratio_layerwise_to_plain_by_round"]) == 2 for r in result["rows"])
     table = run("dpsgd_step.py", "--table", str(path)).splitlines()
     assert table[0].startswith("| B | K | plain s |") and len(table) == 4
-    assert table[2].count("not run") == 3  # ghost, vmap and opacus were not measured
+    assert table[2].count("not run") == 4  # materialised, ghost, vmap and opacus were not measured
 
 
 def test_profile_names_the_stages():

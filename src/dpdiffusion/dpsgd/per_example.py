@@ -18,6 +18,7 @@ gradient of the mean over K draws is formed per example, so memory holds b gradi
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from typing import Callable, Dict, Protocol
 
 import torch
@@ -26,9 +27,9 @@ from torch.func import functional_call, grad, vmap
 from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
-from dpdiffusion.dpsgd.clipping import (
-    ClipStats, clip_with_norms, combine_norms, row_norm,
-)
+from dpdiffusion.dpsgd.clipping import ClipStats, clip_factors, clip_with_norms, combine_norms, row_norm
+from dpdiffusion.dpsgd.ghost import clipped_layer_sum, ghost_applies, ghost_cheaper
+from dpdiffusion.dpsgd.ghost import ghost_norms as ghost_norms_of
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
 Batch = Dict[str, torch.Tensor]
@@ -144,16 +145,24 @@ class LayerwiseEngine:
     skips the batch-summed parameter gradients; each layer's per-example gradient is then formed from its
     stored input and that output gradient, with the K draws of an example contracted together (memory holds
     b gradients, never b*K). Every layer with trainable parameters needs a rule; others are refused.
+
+    For clipped sums, ``ghost`` picks the layers that get a ghost norm and a book-keeping sum instead
+    (``dpsgd.ghost``): "auto" those where that is cheaper (``ghost_cheaper``), "always" every Linear and
+    Conv2d layer, "never" none.
     """
 
-    name = "layerwise"
+    GHOST_POLICIES = ("auto", "always", "never")
     # Examples whose per-example gradients are formed, clipped and summed at a time in ``clipped_sum``: about
     # this many bytes of them. Larger slices give the grouped convolutions of the rules more work per call:
     # the rules of a 1.7M-parameter UNet at 64 examples took 813 / 631 / 504 / 458 / 433 ms in slices of
     # 4 / 9 / 16 / 32 / 64 examples (2 CPU cores); 256 MiB is 36 examples of it.
     rule_bytes = 256 * 2**20
 
-    def __init__(self, model: nn.Module, loss: PerExampleLoss):
+    def __init__(self, model: nn.Module, loss: PerExampleLoss, ghost: str = "auto"):
+        if ghost not in self.GHOST_POLICIES:
+            raise ValueError(f"unknown ghost norm policy {ghost!r}; choose one of {', '.join(self.GHOST_POLICIES)}")
+        self.name = "ghost" if ghost == "always" else "layerwise"
+        self.ghost = ghost
         self.model = model
         self.loss = loss
         self.layers: dict[nn.Module, str] = {}
@@ -192,20 +201,30 @@ class LayerwiseEngine:
     def clipped_sum(self, batch: Batch, draws: Batch, *, max_grad_norm: float) -> tuple[Grads, ClipStats, torch.Tensor]:
         """Sum over examples of each example's gradient clipped to ``max_grad_norm``; statistics; losses [b].
 
-        One forward and backward for the whole micro-batch. Small layers (``small_layer``: normalisations,
-        biases-only layers) get their per-example gradients for all examples at once; the others a few
-        examples at a time (``rule_bytes``), from views of the stored rows, each slice clipped with the
-        examples' norms over *all* parameters and summed before the next is formed."""
+        One forward and backward for the whole micro-batch. Ghost layers (``ghost``) give their norms first;
+        small layers (``small_layer``: normalisations, biases-only layers) get their per-example gradients
+        for all examples at once; the others a few examples at a time (``rule_bytes``), from views of the
+        stored rows, each slice clipped with the examples' norms over *all* parameters and summed before the
+        next is formed. Last, with every example's clip factor known, the small layers' weighted sums and the
+        ghost layers' book-keeping sums."""
         params = trainable_parameters(self.model)
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         b = batch_size_of(batch)
         if b == 0:
             return total, ClipStats(), next(iter(params.values())).new_zeros(0)
         records, backprops, losses = self._forward_backward(batch, draws, b)
-        small, large = [], []
+        uses = Counter(module for module, _, _ in records)
+        ghost, small, large = [], [], []
         for (module, x, _), grad in zip(records, backprops):
-            if grad is not None:  # None: the layer's output did not reach the loss
+            if grad is None:  # the layer's output did not reach the loss
+                continue
+            if uses[module] == 1 and self._ghosted(module, x, grad, b, params):
+                ghost.append((module, x, grad))
+            else:
                 (small if self._size(module, params) <= self.small_layer else large).append((module, x, grad))
+        with record_function("dp:ghost_norms"):
+            ghost_norms = [ghost_norms_of(module, x, grad, b, self._names(module, params), self.rule_bytes)
+                           for module, x, grad in ghost]
         with record_function("dp:per_layer_rules"):
             small_grads, small_norms = self._layer_grads(small, b, params, with_norms=True)
         size = sum(self._size(module, params, in_bytes=True) for module in {module for module, _, _ in large})
@@ -218,18 +237,38 @@ class LayerwiseEngine:
             with record_function("dp:per_layer_rules"):
                 grads, parts = self._layer_grads(part, stop - start, params, with_norms=True)
             with record_function("dp:clip_and_sum"):
-                parts += [norms[start:stop] for norms in small_norms]
+                parts += [norms[start:stop] for norms in small_norms + ghost_norms]
                 norms = combine_norms(parts) if parts else total[next(iter(total))].new_zeros(stop - start)
                 all_norms.append(norms)
                 summed, _ = clip_with_norms(grads, norms, max_grad_norm=max_grad_norm)
                 del grads
                 for name, value in summed.items():
                     total[name] += value
+        norms = torch.cat(all_norms)
         with record_function("dp:clip_and_sum"):
-            summed, stats = clip_with_norms(small_grads, torch.cat(all_norms), max_grad_norm=max_grad_norm)
+            summed, stats = clip_with_norms(small_grads, norms, max_grad_norm=max_grad_norm)
             for name, value in summed.items():
                 total[name] += value
+        with record_function("dp:bookkeeping"):
+            factors = clip_factors(norms, max_grad_norm=max_grad_norm)
+            for module, x, grad in ghost:
+                names = self._names(module, params)
+                for local, value in clipped_layer_sum(module, x, grad, b, factors).items():
+                    if local in names:
+                        total[names[local]] += value
         return total, stats, losses.detach()
+
+    def _names(self, module: nn.Module, params: Dict[str, nn.Parameter]) -> Dict[str, str]:
+        """Local -> global names of the layer's trained parameters."""
+        prefix = self.layers[module]
+        return {local: prefix + local for local, _ in module.named_parameters(recurse=False) if prefix + local in params}
+
+    def _ghosted(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int,
+                 params: Dict[str, nn.Parameter]) -> bool:
+        """Whether the layer's clipped sum goes by ghost norm and book-keeping (its weight must be trained)."""
+        if self.ghost == "never" or not ghost_applies(module) or "weight" not in self._names(module, params):
+            return False
+        return self.ghost == "always" or ghost_cheaper(module, x, grad, b)
 
     # A layer with at most this many trained parameters gets its per-example gradients for the whole
     # micro-batch in one go (GroupNorm: 2 x channels), which spares the per-slice calls of many tiny rules.
@@ -237,9 +276,8 @@ class LayerwiseEngine:
 
     def _size(self, module: nn.Module, params: Dict[str, nn.Parameter], in_bytes: bool = False) -> int:
         """How many trained parameters ``module`` holds (or their bytes)."""
-        prefix = self.layers[module]
-        return sum(p.numel() * (p.element_size() if in_bytes else 1)
-                   for local, p in module.named_parameters(recurse=False) if prefix + local in params)
+        return sum(params[name].numel() * (params[name].element_size() if in_bytes else 1)
+                   for name in self._names(module, params).values())
 
     def _layer_grads(self, records: list, b: int, params: Dict[str, nn.Parameter],
                      with_norms: bool = False) -> tuple[Grads, list[torch.Tensor]]:
@@ -324,12 +362,8 @@ def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> "VmapEngin
         name = "layerwise" if rules else "vmap"
     if name == "vmap":
         return VmapEngine(model, loss)
-    if name == "layerwise":
-        return LayerwiseEngine(model, loss)
+    if name in ("layerwise", "ghost"):
+        return LayerwiseEngine(model, loss, ghost="always" if name == "ghost" else "auto")
     if name == "opacus":
         return OpacusEngine(model, loss)
-    if name == "ghost":
-        from dpdiffusion.dpsgd.ghost import GhostEngine  # it builds on LayerwiseEngine, defined above
-
-        return GhostEngine(model, loss)
     raise ValueError(f"unknown per-example gradient engine {name!r}; choose one of {', '.join(ENGINES)}")
