@@ -3,9 +3,12 @@
     python benchmarks/dpsgd_step.py                  # K in {1, 8, 32} x batch in {64, 256}, table
     python benchmarks/dpsgd_step.py --ks 1 --batches 64 --json   # one JSON object (ratio_dp_to_plain, ...)
     python benchmarks/dpsgd_step.py --out benchmarks/results/dpsgd_step_cpu.json
+    python benchmarks/dpsgd_step.py --ks 1 --batches 64 --one-process --reps 15   # modes taking turns in one process
 
 Each (mode, batch, K) runs in a fresh subprocess so that its peak memory (max RSS above the process's
-baseline after building the model and batch) belongs to it alone. Every mode processes the batch in chunks
+baseline after building the model and batch) belongs to it alone; with ``--one-process`` all modes share
+this process and take turns step by step (the ratio then shares the machine's speed of the moment, memory
+is not measured). Every mode processes the batch in chunks
 of ``--rows`` model rows (rows // K examples with their K draws), so activation memory is the same for all
 K. One warm-up step on a single chunk comes first. Modes:
   plain      mean loss over the batch (all K draws), backward, Adam step: the non-private cost
@@ -158,6 +161,40 @@ def cell(batch: int, k: int, modes: list[str], args) -> dict:
     return row
 
 
+def one_process_cell(batch: int, k: int, modes: list[str], args) -> dict:
+    """One (batch, K) cell with every mode in this process, side by side: each mode has its own copy of the
+    same model and batch, and the modes take turns step by step for ``--reps`` steps each, so a drift in the
+    machine's speed hits them alike. A mode's time is the median of its steps; "..._by_step" ratios pair each
+    DP step with the plain step just before it. Memory is not measured (the modes share one process)."""
+    torch.set_num_threads(args.threads)
+    if args.allocator == "keep":
+        keep_freed_memory()
+    chunk = max(1, args.rows // k)
+    steps, data, parameters = {}, None, 0
+    for mode in modes:
+        precond, loss, data = build(batch, k)
+        parameters = count_parameters(precond)
+        steps[mode] = make_step(mode, precond, loss, batch, chunk)
+        for _ in range(args.warmup):
+            steps[mode]({name: v[:chunk] for name, v in data.items()})
+    times = {mode: [] for mode in modes}
+    for _ in range(args.reps):
+        for mode in modes:
+            start = time.perf_counter()
+            steps[mode](data)
+            times[mode].append(time.perf_counter() - start)
+    row = {"batch": batch, "k": k, "examples_per_chunk": chunk, "one_process": True,
+           "per_example_grads_mb": chunk * parameters * 4 / 2**20,
+           **{f"{m}_s": statistics.median(t) for m, t in times.items()},
+           **{f"{m}_times_s": t for m, t in times.items()}}
+    if "plain" in times:
+        for m in modes:
+            if m != "plain":
+                row[f"ratio_{m}_to_plain"] = row[f"{m}_s"] / row["plain_s"]
+                row[f"ratio_{m}_to_plain_by_step"] = [d / p for d, p in zip(times[m], times["plain"])]
+    return row
+
+
 def markdown(results: list[dict]) -> str:
     """Seconds per step of plain, ratios to plain and peak extra memory, one line per (batch, K)."""
     lines = ["| B | K | plain s | " + " | ".join(f"{m}/plain" for m in MODES[1:])
@@ -180,6 +217,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=1, help="processes per mode, the modes alternating")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up steps on one chunk")
+    parser.add_argument("--one-process", action="store_true",
+                        help="all modes in this process, taking turns step by step (no memory figures)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", type=int, default=64, help="model rows per chunk (examples x K draws)")
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
@@ -203,7 +242,7 @@ def main() -> None:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for k in (int(k) for k in args.ks.split(",")):
-            rows.append(cell(batch, k, modes, args))
+            rows.append(one_process_cell(batch, k, modes, args) if args.one_process else cell(batch, k, modes, args))
             if not args.json:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     first = rows[0]
@@ -213,7 +252,7 @@ def main() -> None:
         "parameters": count_parameters(build(1, 1)[0]),
         "threads": args.threads, "rows_per_chunk": args.rows, "allocator": args.allocator,
         "channels_last": args.channels_last, "default_engine": DEFAULT_ENGINE,
-        "reps": args.reps, "rounds": args.rounds, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
+        "reps": args.reps, "rounds": args.rounds, "one_process": args.one_process, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
         "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),
         "rows": rows,
@@ -232,7 +271,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['batch']:>4} {r['k']:>3} " + " ".join(f"{r[m + '_s']:11.3f}" for m in modes)
               + " " + " ".join(f"{r.get(f'ratio_{m}_to_plain', float('nan')):15.2f}" for m in others)
-              + " " + " ".join(f"{r[m + '_extra_mb']:12.0f}" for m in modes))
+              + " " + " ".join(f"{r.get(m + '_extra_mb', float('nan')):12.0f}" for m in modes))
 
 
 if __name__ == "__main__":

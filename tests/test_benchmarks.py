@@ -30,6 +30,17 @@ def test_step_benchmark_measures_every_mode():
     assert result["ratio_dp_to_plain"] == row[f"ratio_{result['default_engine']}_to_plain"]
 
 
+def test_step_benchmark_in_one_process_pairs_each_step_with_plain():
+    result = json.loads(run("dpsgd_step.py", "--batches", "2", "--ks", "1", *TINY, "--reps", "3", "--one-process",
+                            "--modes", "plain,layerwise,materialised", "--json"))
+    (row,) = result["rows"]
+    assert result["one_process"] and row["one_process"]
+    for mode in ("layerwise", "materialised"):
+        assert len(row[f"{mode}_times_s"]) == 3 and len(row[f"ratio_{mode}_to_plain_by_step"]) == 3
+        assert row[f"ratio_{mode}_to_plain"] == row[f"{mode}_s"] / row["plain_s"]
+    assert "plain_extra_mb" not in row  # one process: no memory figure per mode
+
+
 def test_cells_rounds_and_markdown_table(tmp_path):
     path = tmp_path / "r.json"
     run("dpsgd_step.py", "--batches", "2,3", "--ks", "1", *TINY, "--rounds", "2", "--modes", "plain,layerwise",
