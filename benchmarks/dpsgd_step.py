@@ -54,13 +54,24 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def build(batch_size: int, k: int, seed: int = 0):
+# name -> (network, image channels, image size, description)
+MODELS = {
+    "mnist": (UNetConfig(num_classes=10), 1, 28, "DPDM's MNIST UNet (DDPM++ with GroupNorm) + EDM preconditioning"),
+    # a wider UNet at CIFAR-10's size: its low-resolution layers dominate the parameters, as in larger models
+    "cifar-wide": (UNetConfig(img_resolution=32, in_channels=3, out_channels=3, model_channels=64,
+                              channel_mult=(1, 2, 2, 2), attn_resolutions=(16,), num_classes=10), 3, 32,
+                   "a 32x32 RGB UNet, 64 channels x (1, 2, 2, 2), attention at 16x16, + EDM preconditioning"),
+}
+
+
+def build(batch_size: int, k: int, seed: int = 0, model: str = "mnist"):
+    network, channels, size, _ = MODELS[model]
     torch.manual_seed(seed)
-    precond = EDMPrecond(UNet(UNetConfig(num_classes=10)), sigma_data=math.sqrt(1 / 3))
+    precond = EDMPrecond(UNet(network), sigma_data=math.sqrt(1 / 3))
     loss = DenoisingLoss(precond, multiplicity=k, num_classes=10)
     generator = torch.Generator().manual_seed(seed)
     batch = {
-        "x": torch.rand(batch_size, 1, 28, 28, generator=generator) * 2 - 1,
+        "x": torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1,
         "y": torch.randint(0, 10, (batch_size,), generator=generator),
     }
     return precond, loss, batch
@@ -89,7 +100,8 @@ def make_step(mode: str, precond, loss, expected_batch_size: int, micro_batch_si
     )
     dp = DPSGD(
         precond, loss, optimizer, ledger=PrivacyLedger(plan),
-        performance=Performance(engine="layerwise" if mode == "materialised" else mode, micro_batch_size=micro_batch_size),
+        performance=Performance(engine="layerwise" if mode == "materialised" else mode,
+                                micro_batch_size=micro_batch_size),
         draw_seed=1, noise_generator=torch.Generator().manual_seed(2),
     )
     if mode == "materialised":
@@ -102,7 +114,7 @@ def worker(mode: str, batch_size: int, k: int, args) -> dict:
     if args.allocator == "keep":
         keep_freed_memory()
     chunk = max(1, args.rows // k)
-    precond, loss, batch = build(batch_size, k)
+    precond, loss, batch = build(batch_size, k, model=args.model)
     if args.channels_last:
         precond = precond.to(memory_format=torch.channels_last)
         batch = {**batch, "x": batch["x"].contiguous(memory_format=torch.channels_last)}
@@ -133,9 +145,8 @@ def measure(mode: str, batch: int, k: int, args) -> dict:
 
 def passthrough(args) -> list[str]:
     layout = ["--channels-last"] if args.channels_last else []
-    return [*layout, "--allocator", args.allocator, "--reps", str(args.reps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads),
-            "--rows", str(args.rows)]
+    return [*layout, "--model", args.model, "--allocator", args.allocator, "--reps", str(args.reps),
+            "--warmup", str(args.warmup), "--threads", str(args.threads), "--rows", str(args.rows)]
 
 
 def cell(batch: int, k: int, modes: list[str], args) -> dict:
@@ -172,7 +183,7 @@ def one_process_cell(batch: int, k: int, modes: list[str], args) -> dict:
     chunk = max(1, args.rows // k)
     steps, data, parameters = {}, None, 0
     for mode in modes:
-        precond, loss, data = build(batch, k)
+        precond, loss, data = build(batch, k, model=args.model)
         parameters = count_parameters(precond)
         steps[mode] = make_step(mode, precond, loss, batch, chunk)
         for _ in range(args.warmup):
@@ -211,6 +222,8 @@ def markdown(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=tuple(MODELS), default="mnist",
+                        help="the UNet (mnist: DPDM's MNIST UNet, the yardstick)")
     parser.add_argument("--batches", default="64,256", help="expected batch sizes, comma-separated")
     parser.add_argument("--ks", default="1,8,32", help="multiplicities, comma-separated")
     parser.add_argument("--modes", default=",".join(MODES))
@@ -248,11 +261,12 @@ def main() -> None:
     first = rows[0]
     result = {
         "benchmark": "dpsgd_step",
-        "model": "UNet (DDPM++, GroupNorm) MNIST config + EDM preconditioning",
-        "parameters": count_parameters(build(1, 1)[0]),
+        "model": MODELS[args.model][3],
+        "parameters": count_parameters(build(1, 1, model=args.model)[0]),
         "threads": args.threads, "rows_per_chunk": args.rows, "allocator": args.allocator,
         "channels_last": args.channels_last, "default_engine": DEFAULT_ENGINE,
-        "reps": args.reps, "rounds": args.rounds, "one_process": args.one_process, "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
+        "reps": args.reps, "rounds": args.rounds, "one_process": args.one_process,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
         "ratio_dp_to_plain": first.get(f"ratio_{DEFAULT_ENGINE}_to_plain"),
         "ratio_opacus_to_plain": first.get("ratio_opacus_to_plain"),
         "rows": rows,

@@ -261,7 +261,8 @@ class LayerwiseEngine:
     def _names(self, module: nn.Module, params: Dict[str, nn.Parameter]) -> Dict[str, str]:
         """Local -> global names of the layer's trained parameters."""
         prefix = self.layers[module]
-        return {local: prefix + local for local, _ in module.named_parameters(recurse=False) if prefix + local in params}
+        return {local: prefix + local for local, _ in module.named_parameters(recurse=False)
+                if prefix + local in params}
 
     def _ghosted(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int,
                  params: Dict[str, nn.Parameter]) -> bool:
