@@ -60,6 +60,15 @@ def test_profile_names_the_stages():
         assert stage in text
 
 
+def test_stage_clocks_without_the_profiler():
+    text = run("dpsgd_profile.py", "--batch", "2", "--k", "1", "--rows", "2", "--threads", "1", "--warmup", "0",
+               "--timers", "2")
+    assert "(median of 2, no profiler)" in text and "ratio layerwise/plain of the median steps" in text
+    for stage in ("plain:forward", "plain:backward", "dp:forward", "dp:backward", "dp:ghost_norms",
+                  "dp:per_layer_rules", "dp:clip_and_sum", "dp:bookkeeping", "dp:noise"):
+        assert stage in text
+
+
 def test_synthetic_uses_cache_grows_in_chunks(tmp_path):
     import importlib.util
 
