@@ -105,7 +105,8 @@ def test_auto_engine_picks_layerwise_when_every_layer_has_a_rule_else_vmap():
 @pytest.mark.parametrize("rule_bytes", [1, 2_000, 10**9])  # one example at a time, a few, all at once
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("small_layer", [0, 50, 10**9])  # every layer sliced, some whole-batch, all whole-batch
-def test_layerwise_clipped_sum_matches_clipping_the_reference(rule_bytes, k, small_layer, generator):
+@pytest.mark.parametrize("name", ["layerwise", "ghost"])  # ghost: every Linear and Conv2d by ghost norm
+def test_layerwise_clipped_sum_matches_clipping_the_reference(rule_bytes, k, small_layer, name, generator):
     from dpdiffusion.dpsgd.clipping import clip_and_sum
 
     torch.manual_seed(k)
@@ -115,7 +116,7 @@ def test_layerwise_clipped_sum_matches_clipping_the_reference(rule_bytes, k, sma
     batch = make_batch(7, generator)
     batch["x"][4] = float("nan")  # a non-finite example contributes zero and is counted
     draws = loss.draw(batch, generator)
-    engine = make_engine("layerwise", model, loss)
+    engine = make_engine(name, model, loss)
     engine.rule_bytes, engine.small_layer = rule_bytes, small_layer
     for c in (1e-3, 0.05, 1e3):
         summed, stats, losses = engine.clipped_sum(batch, draws, max_grad_norm=c)
@@ -139,15 +140,17 @@ class WithHead(torch.nn.Module):
 
 
 @pytest.mark.parametrize("small_layer", [0, 10**9])
-def test_layerwise_clipped_sum_of_a_layer_used_twice(small_layer, generator):
-    """A layer applied twice in one forward: its two contributions are added before the norm is taken."""
+@pytest.mark.parametrize("name", ["layerwise", "ghost"])
+def test_layerwise_clipped_sum_of_a_layer_used_twice(small_layer, name, generator):
+    """A layer applied twice in one forward: its two contributions are added before the norm is taken (so it
+    never gets a per-record ghost norm, which would be a sum of norms)."""
     from dpdiffusion.dpsgd.clipping import clip_and_sum
 
     torch.manual_seed(3)
     model, loss = WithHead(lambda mix, h: mix(mix(h))), NoisyRegressionLoss(multiplicity=2)
     batch = make_batch(5, generator)
     draws = loss.draw(batch, generator)
-    engine = make_engine("layerwise", model, loss)
+    engine = make_engine(name, model, loss)
     engine.rule_bytes, engine.small_layer = 2_000, small_layer
     summed, stats, _ = engine.clipped_sum(batch, draws, max_grad_norm=0.05)
     expected, expected_stats = clip_and_sum(reference_per_example_grads(model, loss, batch, draws), max_grad_norm=0.05)
