@@ -28,8 +28,7 @@ from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
 from dpdiffusion.dpsgd.clipping import ClipStats, clip_factors, clip_with_norms, combine_norms, row_norm
-from dpdiffusion.dpsgd.ghost import clipped_layer_sum, ghost_applies, ghost_cheaper
-from dpdiffusion.dpsgd.ghost import ghost_norms as ghost_norms_of
+from dpdiffusion.dpsgd.ghost import clipped_layer_sum, ghost_applies, ghost_cheaper, ghost_norms
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
 Batch = Dict[str, torch.Tensor]
@@ -218,13 +217,14 @@ class LayerwiseEngine:
         for (module, x, _), grad in zip(records, backprops):
             if grad is None:  # the layer's output did not reach the loss
                 continue
-            if uses[module] == 1 and self._ghosted(module, x, grad, b, params):
-                ghost.append((module, x, grad))
+            names = self._names(module, params)
+            if uses[module] == 1 and self._ghosted(module, x, grad, b, names):
+                ghost.append((module, x, grad, names))
             else:
                 (small if self._size(module, params) <= self.small_layer else large).append((module, x, grad))
         with record_function("dp:ghost_norms"):
-            ghost_norms = [ghost_norms_of(module, x, grad, b, self._names(module, params), self.rule_bytes)
-                           for module, x, grad in ghost]
+            ghosted_norms = [ghost_norms(module, x, grad, b, names, self.rule_bytes)
+                             for module, x, grad, names in ghost]
         with record_function("dp:per_layer_rules"):
             small_grads, small_norms = self._layer_grads(small, b, params, with_norms=True)
         size = sum(self._size(module, params, in_bytes=True) for module in {module for module, _, _ in large})
@@ -237,7 +237,7 @@ class LayerwiseEngine:
             with record_function("dp:per_layer_rules"):
                 grads, parts = self._layer_grads(part, stop - start, params, with_norms=True)
             with record_function("dp:clip_and_sum"):
-                parts += [norms[start:stop] for norms in small_norms + ghost_norms]
+                parts += [norms[start:stop] for norms in small_norms + ghosted_norms]
                 norms = combine_norms(parts) if parts else total[next(iter(total))].new_zeros(stop - start)
                 all_norms.append(norms)
                 summed, _ = clip_with_norms(grads, norms, max_grad_norm=max_grad_norm)
@@ -251,8 +251,7 @@ class LayerwiseEngine:
                 total[name] += value
         with record_function("dp:bookkeeping"):
             factors = clip_factors(norms, max_grad_norm=max_grad_norm)
-            for module, x, grad in ghost:
-                names = self._names(module, params)
+            for module, x, grad, names in ghost:
                 for local, value in clipped_layer_sum(module, x, grad, b, factors).items():
                     if local in names:
                         total[names[local]] += value
@@ -264,10 +263,10 @@ class LayerwiseEngine:
         return {local: prefix + local for local, _ in module.named_parameters(recurse=False)
                 if prefix + local in params}
 
-    def _ghosted(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int,
-                 params: Dict[str, nn.Parameter]) -> bool:
-        """Whether the layer's clipped sum goes by ghost norm and book-keeping (its weight must be trained)."""
-        if self.ghost == "never" or not ghost_applies(module) or "weight" not in self._names(module, params):
+    def _ghosted(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: Dict[str, str]) -> bool:
+        """Whether the layer's clipped sum goes by ghost norm and book-keeping (``names``: its trained parameters,
+        local -> global; the weight must be among them)."""
+        if self.ghost == "never" or not ghost_applies(module) or "weight" not in names:
             return False
         return self.ghost == "always" or ghost_cheaper(module, x, grad, b)
 
