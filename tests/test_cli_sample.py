@@ -1,9 +1,12 @@
+import typing
+
 import numpy as np
 import pytest
 
 from dpdiffusion.cli import SAMPLER_NAMES, main
 from dpdiffusion.diffusion.generate import generate, load_release
 from dpdiffusion.diffusion.samplers import SAMPLERS
+from dpdiffusion.runconfig import ConfigError, SamplerName, load_config
 from tests.tiny import TINY_RUN
 
 TINY = TINY_RUN
@@ -18,7 +21,12 @@ def run_dir(tmp_path_factory):
 
 
 def test_cli_knows_every_sampler():
-    assert set(SAMPLER_NAMES) == set(SAMPLERS)
+    assert set(SAMPLER_NAMES) == set(SAMPLERS) == set(typing.get_args(SamplerName))
+
+
+def test_a_sampler_typo_fails_when_the_configuration_loads():
+    with pytest.raises(ConfigError, match="sampling.sampler: expected one of"):
+        load_config("digits-eps10-cpu", ["sampling.sampler=dpmpp_2m"])
 
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)

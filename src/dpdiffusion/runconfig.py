@@ -9,7 +9,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -87,9 +87,12 @@ class TrainingConfig:
                              f"{self.log_every}")
 
 
+SamplerName = Literal["ancestral", "churn", "ddim", "dpmpp2m", "heun"]  # the keys of diffusion.samplers.SAMPLERS
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    sampler: str = "heun"
+    sampler: SamplerName = "heun"
     steps: int = 18
     guidance: float = 1.0
     S_churn: float = 0.0
@@ -168,6 +171,11 @@ class RunConfig:
 def _convert(value: Any, annotation: Any, key: str) -> Any:
     """Check and convert a YAML value to the field's annotated type."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:

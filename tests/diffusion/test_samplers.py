@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from dpdiffusion.diffusion.samplers import guided, sample_ancestral, sample_ddim, sample_heun
+from dpdiffusion.diffusion.samplers import (
+    guided,
+    network_evaluations,
+    sample_ancestral,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_heun,
+)
 from dpdiffusion.diffusion.schedules import ImageNoise, karras_sigmas
 
 MU, S = 0.3, 0.5  # data: every pixel ~ N(MU, S^2) independently
@@ -34,6 +41,7 @@ def test_karras_schedule():
         (sample_ddim, 500, {}),  # first-order samplers need many steps on this schedule
         (sample_ddim, 500, dict(eta=0.5)),
         (sample_ancestral, 500, {}),
+        (sample_dpmpp_2m, 18, {}),
     ],
 )
 def test_samplers_reach_the_data_distribution(sampler, steps, kwargs):
@@ -44,7 +52,53 @@ def test_samplers_reach_the_data_distribution(sampler, steps, kwargs):
     assert abs(out.std().item() - S) < 0.03
 
 
-@pytest.mark.parametrize("sampler", [sample_heun, sample_ancestral])
+def exact_flow(x, sigma_max=80.0):
+    """The probability-flow ODE's solution at sigma = 0 for Gaussian data: (x - MU) / sqrt(S^2 + sigma^2) is
+    constant along the flow, so x(0) = MU + S (x(sigma_max) - MU) / sqrt(S^2 + sigma_max^2)."""
+    return MU + S * (x - MU) / (S**2 + sigma_max**2) ** 0.5
+
+
+def flow_error(sampler, x, steps):
+    return (sampler(gaussian_denoiser, x, karras_sigmas(steps).double()) - exact_flow(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("sampler", [sample_heun, sample_dpmpp_2m])
+def test_deterministic_samplers_follow_the_exact_flow(sampler):
+    assert flow_error(sampler, initial(range(16)).double(), 64) < 0.04 * S  # outputs spread over +-3 S
+
+
+@pytest.mark.parametrize("sampler", [sample_heun, sample_dpmpp_2m])
+def test_second_order_samplers_converge_at_second_order(sampler):
+    """Doubling the levels divides the error by about 4 (second order); DDIM (Euler, first order) only halves it."""
+    x = initial(range(4)).double()
+    errors = [flow_error(sampler, x, n) for n in (16, 32, 64)]
+    first_order = [flow_error(sample_ddim, x, n) for n in (16, 32, 64)]
+    assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5
+    assert 1.5 < first_order[1] / first_order[2] < 2.5
+    assert errors[2] < first_order[2] / 5
+
+
+def test_dpmpp_2m_with_one_level_is_the_denoised_estimate():
+    x = initial([3, 4])
+    torch.testing.assert_close(sample_dpmpp_2m(gaussian_denoiser, x, karras_sigmas(1)),
+                               gaussian_denoiser(x, torch.full((2,), 80.0)))
+
+
+def test_network_evaluations():
+    assert network_evaluations("heun", 18) == 35 and network_evaluations("dpmpp2m", 10) == 10
+    calls = []
+
+    def counting(x, sigma):
+        calls.append(len(x))
+        return gaussian_denoiser(x, sigma)
+
+    for name, sampler in (("heun", sample_heun), ("dpmpp2m", sample_dpmpp_2m)):
+        calls.clear()
+        sampler(counting, initial([0, 1]), karras_sigmas(7))
+        assert len(calls) == network_evaluations(name, 7)
+
+
+@pytest.mark.parametrize("sampler", [sample_heun, sample_ancestral, sample_dpmpp_2m])
 def test_an_image_depends_only_on_its_seed(sampler):
     seeds = [5, 6, 7, 8]
     sigmas = karras_sigmas(10)
