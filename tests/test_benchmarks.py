@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+
+from tests.tiny import TINY_RUN
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--rows", "2", "--reps", "1", "--threads", "1"]
@@ -92,3 +96,66 @@ def test_synthetic_uses_cache_grows_in_chunks(tmp_path):
     assert not np.array_equal(more[7:10], images[:3])
     fewer, _, _ = uses.sample(tmp_path / "missing-run", 5, "ddim", 2, cache)  # served from the cache alone
     assert np.array_equal(fewer, images[:5])
+
+
+class FakeDetector(torch.nn.Module):
+    """A stand-in for the Inception detector with its call signature: a fixed random projection of pooled pixels
+    to 2048 features (fast, deterministic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(48, 2048)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x / 255.0, 4).flatten(1))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_utility_benchmark_end_to_end(tmp_path):
+    """Train, sample, evaluate on a custom (tiny) protocol; a second call reuses the run and the samples; a run
+    trained with other settings is refused; --table prints the results."""
+    import os
+
+    torch.manual_seed(0)
+    detector = tmp_path / "detector.pt"
+    torch.jit.script(FakeDetector()).save(str(detector))
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = [str(tmp_path / "tiny.yaml"), "--run-dir", str(tmp_path / "run"), "--num", "60", "--epochs", "1",
+            "--fid-num", "30", "--inception", str(detector), "--out", str(tmp_path / "out")]
+
+    def utility(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCHMARKS / "utility.py"), *args, *extra], capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    first = utility()
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "utility_tiny_full-custom.json").read_text())
+    protocol = result["protocol"]
+    assert protocol["name"] == "full-custom" and not protocol["headline"] and protocol["synthetic"] == 60
+    metrics = result["metrics"]
+    assert metrics["synthetic_images"] == 30
+    assert {split: e["reference"]["images"] for split, e in metrics["fid"].items()} == {"train": 1437, "test": 360}
+    assert all(e["value"] >= 0 for e in metrics["fid"].values())
+    assert 0 <= metrics["precision_recall"]["precision"] <= 1
+    downstream = metrics["downstream"]
+    assert set(downstream["classifiers"]) == {"logreg", "mlp"} and "cnn" in downstream["left_out"][0]
+    assert downstream["classifiers"]["logreg"]["synthetic"]["train_images"] == 54
+    assert result["privacy"]["epsilon"] > 0 and result["privacy"]["steps"] == 2
+    assert set(result["wall_seconds"]) == {"train", "sample", "features", "classifiers"}
+    assert result["sampling"]["nfe"] == 7 and not result["reused_run"]  # Heun, 4 levels
+    assert (tmp_path / "out" / "utility_tiny_full-custom.png").is_file()
+    assert "Not a headline figure" in (tmp_path / "out" / "utility_tiny_full-custom.md").read_text()
+
+    again = utility("--sampler", "dpmpp2m", "--steps", "3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = json.loads((tmp_path / "out" / "utility_tiny_full-custom_dpmpp2m-3.json").read_text())
+    assert second["reused_run"] and second["wall_seconds"]["train"] == result["wall_seconds"]["train"]
+    assert second["sampling"]["nfe"] == 3
+    assert len(list((tmp_path / "run" / "release" / "synthetic").glob("*.npz"))) == 2
+
+    refused = utility("--set", "privacy.steps=3")
+    assert refused.returncode != 0 and "other settings (privacy.steps)" in refused.stderr
+
+    printed = run("utility.py", "--table", *map(str, sorted((tmp_path / "out").glob("*.json"))))
+    assert printed.count("\n") == 4 and "full-custom" in printed

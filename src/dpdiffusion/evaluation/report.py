@@ -95,6 +95,23 @@ def _privacy_rows(privacy: dict) -> list[tuple[str, str]]:
                              f"C {plan.get('max_grad_norm')}, K {plan.get('multiplicity')}, N {plan.get('dataset_size')}")]
 
 
+def save_comparison_grid(synthetic: np.ndarray, synthetic_labels: np.ndarray, real: np.ndarray, real_labels: np.ndarray,
+                         path: Path, *, num_classes: int, per_class: int = 8) -> None:
+    """One row per class: ``per_class`` synthetic images, a blank, then ``per_class`` real images of that class
+    (the first ones of each, in order), so a reader can judge the synthetic images against real ones."""
+    if synthetic.shape[1:] != real.shape[1:]:
+        raise ValueError(f"synthetic images {synthetic.shape[1:]} and real images {real.shape[1:]} differ in shape")
+    blank = np.zeros(synthetic.shape[1:], dtype=np.uint8)
+    cells = []
+    for c in range(num_classes):
+        for images, labels in ((synthetic, synthetic_labels), (real, real_labels)):
+            chosen = list(images[labels == c][:per_class])
+            cells += chosen + [blank] * (per_class - len(chosen))
+            if images is synthetic:
+                cells.append(blank)
+    save_grid(np.stack(cells), path, columns=2 * per_class + 1, max_images=len(cells))
+
+
 def write_report(out: Path, *, title: str, images: np.ndarray, labels: np.ndarray, metrics: dict, privacy: dict,
                  log: list[dict], num_classes: int) -> dict[str, Path]:
     """Write metrics.json, grids, report.md and report.html into ``out``; returns their paths."""
