@@ -159,3 +159,36 @@ def test_utility_benchmark_end_to_end(tmp_path):
 
     printed = run("utility.py", "--table", *map(str, sorted((tmp_path / "out").glob("*.json"))))
     assert printed.count("\n") == 4 and "full-custom" in printed
+
+
+def test_recipe_search_gives_each_candidate_the_steps_of_its_budget(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    (tmp_path / "candidates.yaml").write_text("small: []\nbig: [privacy.batch_size=256]\n")
+    printed = run("recipe_search.py", str(tmp_path / "tiny.yaml"), "--candidates", str(tmp_path / "candidates.yaml"),
+                  "--budget-min", "0.5", "--probe-steps", "1", "--plan", "--runs", str(tmp_path / "runs"))
+    plans = {p["candidate"]: p for p in map(json.loads, printed.splitlines())}
+    assert set(plans) == {"small", "big"}
+    for plan in plans.values():
+        assert plan["budget_seconds"] == 30 and plan["steps"] == max(1, int(30 / plan["probe_seconds_per_step"]))
+    assert not (tmp_path / "runs").exists()  # --plan trains nothing
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_recipe_search_trains_and_scores_a_candidate_with_its_budgeted_steps(tmp_path):
+    import os
+
+    detector = tmp_path / "detector.pt"
+    torch.jit.script(FakeDetector()).save(str(detector))
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    (tmp_path / "candidates.yaml").write_text("small: [training.lr=2.0e-3]\n")
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "recipe_search.py"), str(tmp_path / "tiny.yaml"), "--candidates",
+         str(tmp_path / "candidates.yaml"), "--budget-min", "0.01", "--probe-steps", "1", "--runs",
+         str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--", "--num", "40", "--epochs", "1", "--fid-num",
+         "20", "--inception", str(detector)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout.splitlines()[0])
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert result["name"] == "tiny-0.01min-small" and result["privacy"]["steps"] == plan["steps"]
+    assert result["training"]["lr"] == 2e-3 and "training.lr=2.0e-3" in result["overrides"]
