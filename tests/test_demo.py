@@ -15,3 +15,4 @@ def test_demo_runs_end_to_end_and_keeps_the_diagnostic_with_the_owner(tmp_path, 
     evaluation = json.loads((run / "owner/evaluation.json").read_text())
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["real_test_images"] == 360
     assert "accuracy" not in (run / "release/privacy.json").read_text()
+    assert "beside real held-out digits" in out and (run / "owner/comparison.png").is_file()

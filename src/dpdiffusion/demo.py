@@ -2,7 +2,8 @@
 
 Trains the ``digits-eps10-cpu`` preset, samples a grid and a synthetic set with uniform labels, and
 reports the downstream accuracy of a classifier trained only on synthetic images and tested on the real
-held-out digits (every fifth image, never trained on) -- the data owner's diagnostic, kept in ``owner/``.
+held-out digits (every fifth image, never trained on) -- the data owner's diagnostic, kept in ``owner/`` with a grid
+of synthetic digits beside real held-out ones, so a newcomer can judge them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from dpdiffusion.data.datasets import load_dataset
 from dpdiffusion.diffusion.generate import generate, load_release, save_grid
+from dpdiffusion.evaluation.report import save_comparison_grid
 from dpdiffusion.io import write_json_atomic
 from dpdiffusion.methods import dpdm
 from dpdiffusion.runconfig import load_config, resolve_plan
@@ -53,6 +55,9 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
     test = load_dataset(config.data, "test")
     test_images = test.x.permute(0, 2, 3, 1).numpy()
     accuracy = downstream_accuracy(images, labels, test_images, test.y.numpy())
+    comparison = run_dir / "owner" / "comparison.png"  # real held-out digits: the owner's, not for release
+    save_comparison_grid(images, labels, test_images, test.y.numpy(), comparison,
+                         num_classes=released_config.model.num_classes)
     evaluation = {
         "diagnostic": "owner-side: scored on the real held-out digits (index % 5 == 0), never trained on",
         "classifier": "logistic regression on pixels, trained on synthetic images only",
@@ -64,7 +69,8 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
     }
     write_json_atomic(run_dir / "owner" / "evaluation.json", evaluation)
     return {"run_dir": str(run_dir), "epsilon": ledger.epsilon_spent(), "delta": plan.delta,
-            "grid": str(run_dir / "release" / "samples.png"), "privacy": privacy, **evaluation}
+            "grid": str(run_dir / "release" / "samples.png"), "comparison": str(comparison), "privacy": privacy,
+            **evaluation}
 
 
 def main(run_dir: Path | None, overrides: list[str], num_samples: int) -> int:
@@ -73,6 +79,7 @@ def main(run_dir: Path | None, overrides: list[str], num_samples: int) -> int:
     print(f"  privacy: epsilon {result['epsilon']:.3g} at delta {result['delta']:.3g} "
           f"(report: {result['run_dir']}/release/privacy.json)")
     print(f"  samples: {result['grid']}")
+    print(f"  synthetic digits (left) beside real held-out digits (right), one row per class: {result['comparison']}")
     print(f"  downstream accuracy on the real held-out digits: {result['accuracy']:.1%} "
           f"(logistic regression trained on {result['synthetic_images']} synthetic images)")
     return 0
