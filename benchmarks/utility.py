@@ -131,7 +131,7 @@ def sample(run_dir: Path, sampling, num: int, seed: int = 0) -> tuple[np.ndarray
             return f["images"], f["labels"], float(f["seconds"])
     model, config, _ = load_release(run_dir)
     start = time.perf_counter()
-    images, labels = generate(model, config, num=num, sampling=sampling, seed=seed, batch_size=1000, progress=True)
+    images, labels = generate(model, config, num=num, sampling=sampling, seed=seed, batch_size=128, progress=True)
     seconds = time.perf_counter() - start
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.stem}.tmp.npz")

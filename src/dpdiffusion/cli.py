@@ -202,7 +202,7 @@ def run_train_dpsad(args: argparse.Namespace, config, dataset) -> int:
     return 0
 
 
-SAMPLER_NAMES = ("ancestral", "churn", "ddim", "dpmpp2m", "heun")  # diffusion.samplers.SAMPLERS, without importing torch
+SAMPLER_NAMES = ("ancestral", "churn", "ddim", "dpmpp2m", "dpmpp3m", "heun")  # diffusion.samplers.SAMPLERS, without importing torch
 
 
 def add_sample_parser(subparsers) -> None:

@@ -87,13 +87,16 @@ class TrainingConfig:
                              f"{self.log_every}")
 
 
-SamplerName = Literal["ancestral", "churn", "ddim", "dpmpp2m", "heun"]  # the keys of diffusion.samplers.SAMPLERS
+SamplerName = Literal["ancestral", "churn", "ddim", "dpmpp2m", "dpmpp3m", "heun"]  # the keys of diffusion.samplers.SAMPLERS
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     sampler: SamplerName = "heun"
-    steps: int = 18
+    steps: int = 18  # noise levels of EDM's schedule (Karras et al. 2022, eq. 5), then 0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
     guidance: float = 1.0
     S_churn: float = 0.0
     S_min: float = 0.0

@@ -7,6 +7,7 @@ from dpdiffusion.diffusion.samplers import (
     sample_ancestral,
     sample_ddim,
     sample_dpmpp_2m,
+    sample_dpmpp_3m,
     sample_heun,
 )
 from dpdiffusion.diffusion.schedules import ImageNoise, karras_sigmas
@@ -42,6 +43,7 @@ def test_karras_schedule():
         (sample_ddim, 500, dict(eta=0.5)),
         (sample_ancestral, 500, {}),
         (sample_dpmpp_2m, 18, {}),
+        (sample_dpmpp_3m, 32, {}),
     ],
 )
 def test_samplers_reach_the_data_distribution(sampler, steps, kwargs):
@@ -62,7 +64,7 @@ def flow_error(sampler, x, steps):
     return (sampler(gaussian_denoiser, x, karras_sigmas(steps).double()) - exact_flow(x)).abs().max().item()
 
 
-@pytest.mark.parametrize("sampler", [sample_heun, sample_dpmpp_2m])
+@pytest.mark.parametrize("sampler", [sample_heun, sample_dpmpp_2m, sample_dpmpp_3m])
 def test_deterministic_samplers_follow_the_exact_flow(sampler):
     assert flow_error(sampler, initial(range(16)).double(), 64) < 0.04 * S  # outputs spread over +-3 S
 
@@ -78,9 +80,16 @@ def test_second_order_samplers_converge_at_second_order(sampler):
     assert errors[2] < first_order[2] / 5
 
 
-def test_dpmpp_2m_with_one_level_is_the_denoised_estimate():
+def test_dpmpp_3m_converges_at_third_order():
+    x = initial(range(4)).double()
+    errors = [flow_error(sample_dpmpp_3m, x, n) for n in (32, 64, 128)]
+    assert errors[0] / errors[1] > 6 and errors[1] / errors[2] > 6
+
+
+@pytest.mark.parametrize("sampler", [sample_dpmpp_2m, sample_dpmpp_3m])
+def test_multistep_samplers_with_one_level_give_the_denoised_estimate(sampler):
     x = initial([3, 4])
-    torch.testing.assert_close(sample_dpmpp_2m(gaussian_denoiser, x, karras_sigmas(1)),
+    torch.testing.assert_close(sampler(gaussian_denoiser, x, karras_sigmas(1)),
                                gaussian_denoiser(x, torch.full((2,), 80.0)))
 
 
@@ -92,13 +101,13 @@ def test_network_evaluations():
         calls.append(len(x))
         return gaussian_denoiser(x, sigma)
 
-    for name, sampler in (("heun", sample_heun), ("dpmpp2m", sample_dpmpp_2m)):
+    for name, sampler in (("heun", sample_heun), ("dpmpp2m", sample_dpmpp_2m), ("dpmpp3m", sample_dpmpp_3m)):
         calls.clear()
         sampler(counting, initial([0, 1]), karras_sigmas(7))
         assert len(calls) == network_evaluations(name, 7)
 
 
-@pytest.mark.parametrize("sampler", [sample_heun, sample_ancestral, sample_dpmpp_2m])
+@pytest.mark.parametrize("sampler", [sample_heun, sample_ancestral, sample_dpmpp_2m, sample_dpmpp_3m])
 def test_an_image_depends_only_on_its_seed(sampler):
     seeds = [5, 6, 7, 8]
     sigmas = karras_sigmas(10)

@@ -76,7 +76,7 @@ def generate(
         labels = uniform_labels(num, num_classes, seed) if num_classes else torch.full((num,), -1)
     elif len(labels) != num or (num_classes and not ((labels >= 0) & (labels < num_classes)).all()):
         raise ConfigError(f"need {num} labels in [0, {num_classes})")
-    sigmas = karras_sigmas(sampling.steps)
+    sigmas = karras_sigmas(sampling.steps, sigma_min=sampling.sigma_min, sigma_max=sampling.sigma_max, rho=sampling.rho)
     seeds = image_seeds(seed, num)
     shape = (config.model.in_channels, config.model.img_resolution, config.model.img_resolution)
     chunks = []
