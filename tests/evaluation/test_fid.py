@@ -85,3 +85,35 @@ def test_fid_on_mnist_is_small_between_halves_and_large_against_noise_and_blur()
     fake = precision_recall(features["a"], features["noise"], k=3)
     assert real["precision"] > 0.5 and real["recall"] > 0.3  # 100 images per side: k-NN balls are coarse
     assert fake["precision"] < 0.1
+
+
+class CountingDetector(torch.nn.Module):
+    """Stand-in detector: features are a fixed function of each image; counts the images it saw; can fail."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.seen, self.fail_after = 0, fail_after
+
+    def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+        if self.fail_after is not None and self.seen + len(x) > self.fail_after:
+            raise KeyboardInterrupt  # a stopped session
+        self.seen += len(x)
+        return (x.mean(dim=(1, 2, 3), keepdim=False)[:, None] * torch.arange(2048.0)).detach() * self.scale.detach()
+
+
+def test_reference_features_resume_from_their_last_whole_chunk(tmp_path):
+    from dpdiffusion.evaluation.evaluate import _chunked_features
+
+    images = np.random.default_rng(0).integers(0, 255, (8, 4, 4, 1), dtype=np.uint8)
+    path = tmp_path / "ref.features.npy"
+    with pytest.raises(KeyboardInterrupt):
+        _chunked_features(images, CountingDetector(fail_after=7), path, False, "ref", chunk=3)
+    assert not path.exists() and len(list(tmp_path.glob(".ref.features.*.npy"))) == 2  # 0-3 and 3-6 kept
+    resumed = CountingDetector()
+    features = _chunked_features(images, resumed, path, False, "ref", chunk=3)
+    assert resumed.seen == 2  # only the last chunk (6-8) was computed again
+    np.testing.assert_array_equal(features, _chunked_features(images, CountingDetector(), tmp_path / "all.npy", False,
+                                                              "all", chunk=100))
+    np.testing.assert_array_equal(np.load(path), features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.npy", "ref.features.npy"]  # chunks removed

@@ -66,7 +66,7 @@ def real_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
 def reference_features(data: DataConfig, settings: EvaluationSettings, detector) -> tuple[np.ndarray, dict]:
     """Inception features of the reference images, cached per (dataset settings, split, resolution, count,
     detector file)."""
-    from dpdiffusion.evaluation.inception import detector_path, inception_features
+    from dpdiffusion.evaluation.inception import detector_path
 
     images, _ = real_images(data, settings.ref_split)
     subset = reference_subset(len(images), settings.ref_num)
@@ -76,16 +76,38 @@ def reference_features(data: DataConfig, settings: EvaluationSettings, detector)
     if path.exists():
         features = np.load(path, allow_pickle=False)
     else:
-        features = inception_features(images[subset], detector, progress=settings.progress,
-                                      desc=f"reference {data.name} {settings.ref_split}").astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, features)
-        tmp.replace(path)
+        features = _chunked_features(images[subset], detector, path, settings.progress,
+                                     f"reference {data.name} {settings.ref_split}")
     features = features.astype(np.float64)  # cached or not: the same float32-rounded features
     info = {"dataset": data.name, "split": settings.ref_split, "images": len(subset), "of": len(images),
             "resolution": int(images.shape[1])}
     return features, info
+
+
+def _chunked_features(images: np.ndarray, detector, path: Path, progress: bool, desc: str,
+                      chunk: int = 5000) -> np.ndarray:
+    """Features of ``images`` saved ``chunk`` images at a time beside ``path`` (a stopped computation of a large
+    reference resumes from its last whole chunk), then joined into ``path`` and the chunks removed."""
+    from dpdiffusion.evaluation.inception import inception_features
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for start in range(0, len(images), chunk):
+        part = path.with_name(f".{path.stem}.{start}-{min(start + chunk, len(images))}.npy")
+        if not part.exists():
+            features = inception_features(images[start : start + chunk], detector, progress=progress,
+                                          desc=f"{desc} {start:,}+").astype(np.float32)
+            tmp = part.with_name(f"{part.stem}.tmp.npy")
+            np.save(tmp, features)
+            tmp.replace(part)
+        parts.append(part)
+    features = np.concatenate([np.load(p, allow_pickle=False) for p in parts]) if parts else np.zeros((0, 2048), np.float32)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, features)
+    tmp.replace(path)
+    for part in parts:
+        part.unlink()
+    return features
 
 
 def evaluate(images: np.ndarray, labels: np.ndarray, data: DataConfig, settings: EvaluationSettings,
