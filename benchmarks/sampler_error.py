@@ -3,9 +3,9 @@
     python benchmarks/sampler_error.py RUN_DIR [--num 256] [--settings dpmpp2m:6,dpmpp2m:10,heun:18] [--out FILE.json]
 
 The same initial noises (public seeds, scaled to ``--sigma-max``) are solved by each sampler and by a fine reference
-(DPM-Solver++(3M) with ``--reference-steps`` levels from the same sigma_max); the table gives the root-mean-square pixel difference to the reference (pixels in
-[-1, 1]) and the largest one. A cheap proxy to rank solvers at low NFE before spending a utility run on them;
-it reads only the released model.
+(DPM-Solver++(3M) with ``--reference-steps`` levels from the same sigma_max); the table gives the root-mean-square
+pixel difference to the reference (pixels in [-1, 1]) and the largest one. A cheap proxy to rank solvers at low
+NFE before spending a utility run on them; it reads only the released model.
 """
 
 from __future__ import annotations

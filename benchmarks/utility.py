@@ -304,7 +304,7 @@ def markdown(result: dict, picture: str) -> str:
     left_out = result["metrics"]["downstream"].get("left_out")
     if left_out:
         lines += [f"Left out: {'; '.join(left_out)}.", ""]
-    lines += [f"Synthetic images (left of each row) beside real test images (right), one row per class:", "",
+    lines += ["Synthetic images (left of each row) beside real test images (right), one row per class:", "",
               f"![samples]({picture})", "", f"> {result['note']}.", ""]
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from dpdiffusion import __version__
 from dpdiffusion.io import json_safe

@@ -118,7 +118,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         beta = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
             ema_p.lerp_(p.detach(), 1 - beta)
 
 

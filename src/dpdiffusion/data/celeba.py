@@ -87,7 +87,7 @@ def parse_attributes(content: bytes, name: str) -> tuple[list[str], dict[str, np
         files.append(parts[0])
         table.append("".join(parts[1:]).replace("-1", "0"))  # "-" only ever starts a "-1"
     values = np.frombuffer("".join(table).encode(), dtype=np.uint8).reshape(len(files), len(names)) == ord("1")
-    return names, dict(zip(files, values))
+    return names, dict(zip(files, values, strict=True))
 
 
 def _image_source(data_dir: str | None, remote: RemoteFile) -> tuple[Path, str | None]:

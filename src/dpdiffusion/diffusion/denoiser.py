@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from dpdiffusion.diffusion.noise_levels import DDPMTimes, LogNormal, LogUniform, Mixture, TanUniform, VPTimes
 from dpdiffusion.diffusion.preconditioning import PARAMETERISATIONS, Precond
 from dpdiffusion.nets.unet import UNet, UNetConfig
@@ -30,7 +32,7 @@ def time_mixture(bands: tuple[int, ...], weights: tuple[float, ...]) -> Mixture:
     if len(bands) < 2 or len(weights) != len(bands) - 1:
         raise ConfigError(f"diffusion.time_bands needs one more entry than time_weights, got {bands} and {weights}")
     try:
-        return Mixture(tuple(DDPMTimes(lo, hi) for lo, hi in zip(bands, bands[1:])), tuple(weights))
+        return Mixture(tuple(DDPMTimes(lo, hi) for lo, hi in itertools.pairwise(bands)), tuple(weights))
     except ValueError as error:
         raise ConfigError(f"diffusion.time_bands/time_weights: {error}") from error
 

@@ -9,7 +9,7 @@ x = y + sigma * n (EDM's formulation), whatever the training parameterisation.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,7 +6,7 @@ size is random (it may be zero); nothing downstream may divide by it.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Dict
-
 import torch
 
-Grads = Dict[str, torch.Tensor]  # {parameter name: [b, *shape]}
+Grads = dict[str, torch.Tensor]  # {parameter name: [b, *shape]}
 
 
 # Guards the division for a zero gradient; the clipped norm stays <= C because norm + eps > norm.
@@ -24,7 +22,7 @@ class ClipStats:
     clipped: int = 0
     nonfinite: int = 0
 
-    def add(self, other: "ClipStats") -> None:
+    def add(self, other: ClipStats) -> None:
         self.examples += other.examples
         self.clipped += other.clipped
         self.nonfinite += other.nonfinite

@@ -25,8 +25,6 @@ q * stride + offset * dilation)``: one Gram of ``channels`` columns instead of `
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,7 +86,7 @@ def _conv_input_gram(layer: nn.Conv2d, x: torch.Tensor, b: int, out_size: tuple[
     return total.view(b, k * ho * wo, k * ho * wo)
 
 
-def _squares(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: Dict[str, str]) -> torch.Tensor:
+def _squares(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: dict[str, str]) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         a = x.reshape(b, -1, module.in_features)
         g = grad.reshape(b, -1, module.out_features)
@@ -103,7 +101,7 @@ def _squares(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, nam
     return squares
 
 
-def ghost_norms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: Dict[str, str],
+def ghost_norms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: dict[str, str],
                 max_bytes: int) -> torch.Tensor:
     """Each example's gradient norm over the layer's trained parameters (``names``: local -> global names;
     the weight must be among them), [b]; examples are taken a few at a time so that their Gram matrices
@@ -116,7 +114,7 @@ def ghost_norms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, 
 
 
 def clipped_layer_sum(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int,
-                      factors: torch.Tensor) -> Dict[str, torch.Tensor]:
+                      factors: torch.Tensor) -> dict[str, torch.Tensor]:
     """``sum_i factors[i] * (example i's gradient)`` of each of the layer's parameters, as one batched
     gradient with each example's output-gradient rows scaled by its factor. Examples whose factor is 0 (a
     non-finite norm) have their rows zeroed first: 0 * nan is nan."""

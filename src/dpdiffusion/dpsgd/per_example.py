@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Callable, Dict, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
+from torch.func import grad as func_grad
 from torch.profiler import record_function
 
 from dpdiffusion.config import ENGINES
@@ -31,8 +33,8 @@ from dpdiffusion.dpsgd.clipping import ClipStats, clip_factors, clip_with_norms,
 from dpdiffusion.dpsgd.ghost import clipped_layer_sum, ghost_applies, ghost_cheaper, ghost_norms
 from dpdiffusion.dpsgd.per_layer import RULES, unsupported
 
-Batch = Dict[str, torch.Tensor]
-Grads = Dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]
+Grads = dict[str, torch.Tensor]
 
 
 
@@ -53,7 +55,7 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
     return {k: v[start:stop] for k, v in batch.items()}
 
 
-def trainable_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -83,7 +85,7 @@ class VmapEngine:
 
         if batch_size_of(batch) == 0:
             return _empty(params)
-        per_example = vmap(grad(one_example_loss, has_aux=True), in_dims=(None, 0, 0), randomness="error")
+        per_example = vmap(func_grad(one_example_loss, has_aux=True), in_dims=(None, 0, 0), randomness="error")
         return per_example(params, batch, draws)
 
 
@@ -214,7 +216,7 @@ class LayerwiseEngine:
         records, backprops, losses = self._forward_backward(batch, draws, b)
         uses = Counter(module for module, _, _ in records)
         ghost, small, large = [], [], []
-        for (module, x, _), grad in zip(records, backprops):
+        for (module, x, _), grad in zip(records, backprops, strict=True):
             if grad is None:  # the layer's output did not reach the loss
                 continue
             names = self._names(module, params)
@@ -257,13 +259,13 @@ class LayerwiseEngine:
                         total[names[local]] += value
         return total, stats, losses.detach()
 
-    def _names(self, module: nn.Module, params: Dict[str, nn.Parameter]) -> Dict[str, str]:
+    def _names(self, module: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, str]:
         """Local -> global names of the layer's trained parameters."""
         prefix = self.layers[module]
         return {local: prefix + local for local, _ in module.named_parameters(recurse=False)
                 if prefix + local in params}
 
-    def _ghosted(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: Dict[str, str]) -> bool:
+    def _ghosted(self, module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, names: dict[str, str]) -> bool:
         """Whether the layer's clipped sum goes by ghost norm and book-keeping (``names``: its trained parameters,
         local -> global; the weight must be among them)."""
         if self.ghost == "never" or not ghost_applies(module) or "weight" not in names:
@@ -274,12 +276,12 @@ class LayerwiseEngine:
     # micro-batch in one go (GroupNorm: 2 x channels), which spares the per-slice calls of many tiny rules.
     small_layer = 4096
 
-    def _size(self, module: nn.Module, params: Dict[str, nn.Parameter], in_bytes: bool = False) -> int:
+    def _size(self, module: nn.Module, params: dict[str, nn.Parameter], in_bytes: bool = False) -> int:
         """How many trained parameters ``module`` holds (or their bytes)."""
         return sum(params[name].numel() * (params[name].element_size() if in_bytes else 1)
                    for name in self._names(module, params).values())
 
-    def _layer_grads(self, records: list, b: int, params: Dict[str, nn.Parameter],
+    def _layer_grads(self, records: list, b: int, params: dict[str, nn.Parameter],
                      with_norms: bool = False) -> tuple[Grads, list[torch.Tensor]]:
         """Per-example gradients ``{name: [b, ...]}`` of the trained parameters of ``(layer, input, output
         gradient)`` records (a layer used twice has its gradients added; unused parameters are absent), and
@@ -326,8 +328,8 @@ class LayerwiseEngine:
             backprops = torch.autograd.grad(losses.sum(), [out for _, _, out in records], allow_unused=True)
         return records, backprops, losses
 
-    def _per_layer(self, records: list, backprops: tuple, b: int, params: Dict[str, nn.Parameter]) -> Grads:
-        grads, _ = self._layer_grads([(m, x, g) for (m, x, _), g in zip(records, backprops) if g is not None], b,
+    def _per_layer(self, records: list, backprops: tuple, b: int, params: dict[str, nn.Parameter]) -> Grads:
+        grads, _ = self._layer_grads([(m, x, g) for (m, x, _), g in zip(records, backprops, strict=True) if g is not None], b,
                                      params)
         for name, p in params.items():  # a parameter the loss did not use has gradient zero
             if name not in grads:
@@ -335,7 +337,7 @@ class LayerwiseEngine:
         return grads
 
 
-def _empty(params: Dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
+def _empty(params: dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
     first = next(iter(params.values()))
     return {n: p.new_zeros((0, *p.shape)) for n, p in params.items()}, first.new_zeros(0)
 
@@ -353,7 +355,7 @@ def shared_parameter(model: nn.Module) -> str | None:
     return None
 
 
-def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> "VmapEngine | OpacusEngine | LayerwiseEngine":
+def make_engine(name: str, model: nn.Module, loss: PerExampleLoss) -> VmapEngine | OpacusEngine | LayerwiseEngine:
     """``auto`` picks the layerwise engine (fastest, measured in benchmarks/dpsgd_step.py) when every layer
     with trainable parameters has a per-layer rule, and torch.func's vmap (any layer) otherwise."""
     if name == "auto":

@@ -10,13 +10,13 @@ Rows are example-major: row r belongs to example r // K (the per-example loss co
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], Dict[str, torch.Tensor]]
+Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
 
 
 def _by_example(t: torch.Tensor, b: int) -> torch.Tensor:
@@ -24,7 +24,7 @@ def _by_example(t: torch.Tensor, b: int) -> torch.Tensor:
     return t.reshape(b, t.shape[0] // b, *t.shape[1:])
 
 
-def linear_rule(layer: nn.Linear, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
+def linear_rule(layer: nn.Linear, x: torch.Tensor, grad: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
     x = _by_example(x, b).reshape(b, -1, layer.in_features)  # K draws and any extra dims are rows of one example
     grad = _by_example(grad, b).reshape(b, -1, layer.out_features)
     out = {"weight": torch.bmm(grad.transpose(1, 2), x)}
@@ -37,7 +37,7 @@ def _pointwise(layer: nn.Conv2d) -> bool:
     return layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1
 
 
-def pointwise_conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
+def pointwise_conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
     # A 1x1 convolution with one row per example is a linear layer over positions: one matrix product per
     # example (3-5x faster here than the grouped convolution below, which stays faster with K > 1 rows).
     x = x.reshape(b, layer.in_channels, -1)
@@ -48,7 +48,7 @@ def pointwise_conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor,
     return out
 
 
-def conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
+def conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
     if _pointwise(layer) and x.shape[0] == b:
         return pointwise_conv2d_rule(layer, x, grad, b)
     # The weight gradient of a convolution whose groups are the examples: the b examples become b * groups
@@ -68,7 +68,7 @@ def conv2d_rule(layer: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, b: int) -
     return out
 
 
-def group_norm_rule(layer: nn.GroupNorm, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
+def group_norm_rule(layer: nn.GroupNorm, x: torch.Tensor, grad: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
     # [b*K, C, ...] -> [b, K, C, positions], summed over draws and positions (no transposed copy)
     def per_channel(t: torch.Tensor) -> torch.Tensor:
         return _by_example(t, b).flatten(3).sum(dim=(1, 3)) if t.dim() > 2 else _by_example(t, b).sum(dim=1)
@@ -81,7 +81,7 @@ def group_norm_rule(layer: nn.GroupNorm, x: torch.Tensor, grad: torch.Tensor, b:
     return out
 
 
-def embedding_rule(layer: nn.Embedding, x: torch.Tensor, grad: torch.Tensor, b: int) -> Dict[str, torch.Tensor]:
+def embedding_rule(layer: nn.Embedding, x: torch.Tensor, grad: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
     index = _by_example(x, b).reshape(b, -1)
     grad = _by_example(grad, b).reshape(b, index.shape[1], layer.embedding_dim)
     out = grad.new_zeros(b, layer.num_embeddings, layer.embedding_dim)

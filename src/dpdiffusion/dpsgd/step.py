@@ -126,7 +126,7 @@ class DPSGD:
                 generator=self.noise_generator,
             )
         total = distributed.all_reduce_sum(list(summed.values()), self.world)
-        return {n: g / self.plan.expected_batch_size for n, g in zip(summed, total)}
+        return {n: g / self.plan.expected_batch_size for n, g in zip(summed, total, strict=True)}
 
     def apply(self, update: Grads) -> None:
         for name, p in trainable_parameters(self.model).items():

@@ -18,7 +18,7 @@ class Statistics:
     count: int
 
     @classmethod
-    def of(cls, features: np.ndarray) -> "Statistics":
+    def of(cls, features: np.ndarray) -> Statistics:
         if len(features) < 2:
             raise ValueError(f"FID needs at least 2 images, got {len(features)}")
         return cls(features.mean(axis=0), np.cov(features, rowvar=False), len(features))

@@ -23,7 +23,7 @@ def svg_plot(xs: list[float], ys: list[float], *, title: str, xlabel: str, ylabe
              width: int = 420, height: int = 240) -> str:
     """A minimal line plot as an SVG string (no plotting dependency)."""
     pad_l, pad_r, pad_t, pad_b = 56, 12, 26, 36
-    points = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
              f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>']

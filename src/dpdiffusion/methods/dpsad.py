@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from dpdiffusion import distributed
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.noise_levels import KarrasLevels
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -39,7 +40,6 @@ from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.ledger import PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
-from dpdiffusion import distributed
 from dpdiffusion.training import Dataset, Trainer, TrainSettings, secret_seeds
 
 TEACHERS = ("dp", "public", "none")

@@ -282,7 +282,7 @@ class UNet(nn.Module):
             skips.append(h)
         for block in self.middle:
             h = block(h, emb)
-        for block, takes_skip in zip(self.decoder, self.takes_skip):
+        for block, takes_skip in zip(self.decoder, self.takes_skip, strict=True):
             if takes_skip:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)

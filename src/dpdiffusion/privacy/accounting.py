@@ -15,8 +15,8 @@ import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import dp_accounting
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from dpdiffusion.privacy.accounting import SampledGaussian, calibrate, composed_epsilon
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
@@ -63,7 +64,7 @@ class ComposedPlan:
                 "parts": {name: plan.to_dict() for name, plan in self.parts}}
 
     @classmethod
-    def calibrated(cls, *, target_epsilon: float, parts: Sequence[tuple[str, PrivacyPlan]]) -> "ComposedPlan":
+    def calibrated(cls, *, target_epsilon: float, parts: Sequence[tuple[str, PrivacyPlan]]) -> ComposedPlan:
         """Scale every part's noise multiplier by one factor s -- each part's ``noise_multiplier`` is read as its
         relative noise level -- to the smallest s whose composition spends at most ``target_epsilon``."""
         if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
@@ -72,7 +73,7 @@ class ComposedPlan:
         if any(not plan.is_private for _, plan in parts):
             raise PrivacyPlanError("every part of a calibrated plan needs a relative noise level > 0")
 
-        def scaled(s: float) -> "ComposedPlan":
+        def scaled(s: float) -> ComposedPlan:
             return cls(tuple((name, dataclasses.replace(plan, noise_multiplier=plan.noise_multiplier * s))
                              for name, plan in drafts.parts))
 

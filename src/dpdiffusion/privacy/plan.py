@@ -98,7 +98,7 @@ class PrivacyPlan:
         epochs: float | None = None,
         multiplicity: int = 1,
         accountant: str = "prv",
-    ) -> "PrivacyPlan":
+    ) -> PrivacyPlan:
         """The plan whose noise multiplier makes ``steps`` (or ``epochs``) spend at most ``target_epsilon``."""
         steps = steps_for(steps=steps, epochs=epochs, dataset_size=dataset_size, expected_batch_size=expected_batch_size)
         if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
@@ -127,7 +127,7 @@ class PrivacyPlan:
         return {**asdict(self), "sample_rate": self.sample_rate}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrivacyPlan":
+    def from_dict(cls, data: dict[str, Any]) -> PrivacyPlan:
         names = {f.name for f in fields(cls)}
         return cls(**{k: (math.inf if v == "inf" else v) for k, v in data.items() if k in names})
 
