@@ -7,6 +7,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -223,7 +224,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected text, got {value!r}")
         return value
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)
     return value
 
@@ -262,14 +263,16 @@ def parse_override(text: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set has an empty key in {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
         if ":" in raw and isinstance(value, (int, float)):
             value = raw.strip()  # YAML 1.1 reads 5:2 as the base-60 number 302; a --set value means the text
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {key}: cannot read value {raw!r}") from error
+    nested: dict[str, Any] = {}
     for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+        nested = {part: value}
+        value = nested
+    return nested
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -281,7 +284,7 @@ def preset_names() -> list[str]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data: Any = yaml.safe_load(path.read_text())
         data = {} if data is None else data  # an empty file: all defaults
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
@@ -297,7 +300,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
-def load_config(source: str, overrides: list[str] = ()) -> RunConfig:
+def load_config(source: str, overrides: Sequence[str] = ()) -> RunConfig:
     """A preset name or a YAML file, then ``KEY=VALUE`` overrides in order."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -321,8 +324,9 @@ def resolve_plan(privacy: PrivacyConfig, dataset_size: int) -> PrivacyPlan:
                       expected_batch_size=privacy.batch_size)
     if steps < 1:
         raise ConfigError(f"privacy: a run needs at least 1 step, got {steps}")
-    common = dict(delta=delta, dataset_size=dataset_size, expected_batch_size=privacy.batch_size,
-                  max_grad_norm=privacy.max_grad_norm, multiplicity=privacy.multiplicity, accountant=privacy.accountant)
+    common: dict[str, Any] = dict(delta=delta, dataset_size=dataset_size, expected_batch_size=privacy.batch_size,
+                                  max_grad_norm=privacy.max_grad_norm, multiplicity=privacy.multiplicity,
+                                  accountant=privacy.accountant)
     if privacy.noise_multiplier is not None:
         return PrivacyPlan(steps=steps, noise_multiplier=privacy.noise_multiplier,
                            target_epsilon=privacy.target_epsilon, **common)

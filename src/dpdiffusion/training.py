@@ -307,6 +307,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     record = {**asdict(report), "images_per_s": window_images / max(elapsed, 1e-9)}
                     del record["nonfinite"]  # counted in memory only, never logged
+                    assert log is not None  # opened on the main rank
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     if not bar.disable:  # the accountant is called only for a visible bar

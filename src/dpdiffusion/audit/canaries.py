@@ -94,13 +94,13 @@ def with_canaries(dataset: ArrayDataset, count: int | None, num_classes: int, ru
         canaries = draw_canaries(count, dataset, num_classes)
         save_canaries(run_dir, canaries)
         return AuditedDataset(dataset, canaries)
-    canaries = load_canaries(run_dir)
-    started_with = len(canaries) if canaries is not None else None
+    loaded = load_canaries(run_dir)
+    started_with = len(loaded) if loaded is not None else None
     if started_with != count:
         began = f"with {started_with} canaries" if started_with else "without canaries"
         raise ValueError(f"--audit-canaries {count or 'not given'}: the run in {run_dir} was started {began}; "
                          "pass the same")
-    return dataset if canaries is None else AuditedDataset(dataset, canaries)
+    return dataset if loaded is None else AuditedDataset(dataset, loaded)
 
 
 # -- the lower bound -----------------------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ def _read_archive(path: Path, members: tuple[str, ...]) -> dict[str, bytes]:
     try:
         with tarfile.open(path, "r:gz") as archive:
             for member in archive:
-                if member.name in wanted and member.isfile():
-                    found[wanted[member.name]] = archive.extractfile(member).read()
+                content = archive.extractfile(member) if member.name in wanted and member.isfile() else None
+                if content is not None:
+                    found[wanted[member.name]] = content.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DatasetFileError(f"{path} is truncated or corrupted ({error})") from error
     for full, name in wanted.items():
@@ -76,7 +77,7 @@ def load_cifar10(split: str = "train", data_dir: str | None = None, archive: Rem
     members = BATCHES[split]
     root = local_root(data_dir)
     folder = root / DATASET / FOLDER if root is not None else None
-    if folder is not None and folder.is_dir() and not (root / DATASET / archive.name).exists():
+    if root is not None and folder is not None and folder.is_dir() and not (root / DATASET / archive.name).exists():
         contents = _read_folder(folder, members)
         names = {name: str(folder / name) for name in members}
     else:

@@ -46,6 +46,6 @@ def center_crop(image: Image.Image, size: int | None = None) -> Image.Image:
 def to_array(image: Image.Image, resolution: int) -> np.ndarray:
     """uint8 [C, R, R] from a square image, resized by PIL's (antialiased) bilinear filter."""
     if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), Image.BILINEAR)
+        image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

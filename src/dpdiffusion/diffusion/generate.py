@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def generate(
         x = noise.randn(shape) * sigmas[0]
         part_labels = labels[start:stop] if num_classes else None
         denoiser = guided(model, part_labels, guidance=sampling.guidance, null_label=num_classes)
-        kwargs = {"noise": noise}
+        kwargs: dict[str, Any] = {"noise": noise}
         if sampling.sampler in ("heun", "churn"):
             kwargs.update(S_churn=sampling.S_churn, S_min=sampling.S_min, S_max=sampling.S_max, S_noise=sampling.S_noise)
         elif sampling.sampler == "ddim":
@@ -110,6 +111,6 @@ def save_grid(images: np.ndarray, path: str | Path, *, columns: int = 10, max_im
         grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, col * (w + 2) + 1 : col * (w + 2) + 1 + w] = image
     scale = max(1, 32 // h)
     picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dpdiffusion.diffusion.augment import Augment
-from dpdiffusion.diffusion.noise_levels import LogNormal
+from dpdiffusion.diffusion.noise_levels import LogNormal, NoiseLevels
 from dpdiffusion.diffusion.preconditioning import Precond
 
 
@@ -27,7 +27,7 @@ class DenoisingLoss:
 
     precond: Precond
     multiplicity: int = 1
-    levels: LogNormal = field(default_factory=LogNormal)  # any noise-level distribution with .sample
+    levels: NoiseLevels = field(default_factory=LogNormal)
     num_classes: int = 0
     label_dropout: float = 0.1
     augment: Augment = field(default_factory=Augment)

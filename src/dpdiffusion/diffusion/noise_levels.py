@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from dpdiffusion.diffusion.schedules import karras_sigmas
+
+
+class NoiseLevels(Protocol):
+    """A training noise-level distribution: ``sample(shape, generator)`` gives sigma of that shape."""
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ def guided(model, labels: torch.Tensor | None, *, guidance: float = 1.0, null_la
         sigma = sigma.expand(x.shape[0]) if sigma.dim() == 0 else sigma
         if labels is None or guidance == 1.0:
             return model(x, sigma, labels)
+        if null_label is None:
+            raise ValueError("classifier-free guidance (guidance != 1) needs the 'no label' index null_label")
         null = torch.full_like(labels, null_label)
         both = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, null]))
         cond, uncond = both.chunk(2)
@@ -168,5 +170,7 @@ def network_evaluations(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler in ("heun", "churn") else steps
 
 
-SAMPLERS = {"heun": sample_heun, "churn": sample_heun, "ddim": sample_ddim, "ancestral": sample_ancestral,
-            "dpmpp2m": sample_dpmpp_2m, "dpmpp3m": sample_dpmpp_3m}
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "heun": sample_heun, "churn": sample_heun, "ddim": sample_ddim, "ancestral": sample_ancestral,
+    "dpmpp2m": sample_dpmpp_2m, "dpmpp3m": sample_dpmpp_3m,
+}

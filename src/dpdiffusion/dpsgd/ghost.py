@@ -46,6 +46,7 @@ def _costs(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int) -> tu
         ghost = rows * rows * (module.in_features + module.out_features)
         materialised = rows * module.in_features * module.out_features
     else:
+        assert isinstance(module, nn.Conv2d) and not isinstance(module.padding, str)  # see ghost_applies, unsupported
         kh, kw = module.kernel_size
         rows = k * grad.shape[2] * grad.shape[3]
         gram_rows = k * (x.shape[2] + 2 * module.padding[0]) * (x.shape[3] + 2 * module.padding[1])
@@ -71,6 +72,7 @@ def ghost_cheaper(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int
 def _conv_input_gram(layer: nn.Conv2d, x: torch.Tensor, b: int, out_size: tuple[int, int]) -> torch.Tensor:
     """``A A^T`` of each example's unfolded input rows, [b, K*Ho*Wo, K*Ho*Wo] (see the module docstring)."""
     k, cin = x.shape[0] // b, x.shape[1]
+    assert not isinstance(layer.padding, str)  # string padding has no per-layer rule (per_layer.unsupported)
     (ph, pw), (sh, sw), (dh, dw) = layer.padding, layer.stride, layer.dilation
     padded = F.pad(x, (pw, pw, ph, ph))
     hp, wp = padded.shape[2:]
@@ -92,8 +94,9 @@ def _squares(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, b: int, nam
         g = grad.reshape(b, -1, module.out_features)
         gram = torch.bmm(a, a.transpose(1, 2))
     else:
+        assert isinstance(module, nn.Conv2d)
         k = x.shape[0] // b
-        gram = _conv_input_gram(module, x, b, grad.shape[2:])
+        gram = _conv_input_gram(module, x, b, (grad.shape[2], grad.shape[3]))
         g = grad.reshape(b, k, module.out_channels, -1).transpose(2, 3).reshape(b, -1, module.out_channels)
     squares = (gram * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2))
     if "bias" in names:

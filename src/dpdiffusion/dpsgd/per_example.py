@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
@@ -74,7 +74,7 @@ class VmapEngine:
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
         buffers = dict(self.model.named_buffers())
 
-        def one_example_loss(params: Grads, example: Batch, example_draws: Batch) -> torch.Tensor:
+        def one_example_loss(params: Grads, example: Batch, example_draws: Batch) -> tuple[torch.Tensor, torch.Tensor]:
             def net(*args, **kwargs):
                 return functional_call(self.model, {**params, **frozen, **buffers}, args, kwargs)
 
@@ -131,8 +131,9 @@ class OpacusEngine:
                     values.sum().backward()
                     losses += values.detach().cpu() / k_draws
                     for n, p in params.items():  # fold each pass in at once: memory stays flat in K
-                        if p.grad_sample is not None:  # None: p was unused, its gradient is zero
-                            grads[n] += p.grad_sample.detach() / k_draws
+                        sample = getattr(p, "grad_sample", None)  # set by Opacus' hooks; None: p was unused
+                        if sample is not None:
+                            grads[n] += sample.detach() / k_draws
                     self.hooked.zero_grad(set_to_none=True)
         finally:
             self.hooked.disable_hooks()
@@ -215,7 +216,9 @@ class LayerwiseEngine:
             return total, ClipStats(), next(iter(params.values())).new_zeros(0)
         records, backprops, losses = self._forward_backward(batch, draws, b)
         uses = Counter(module for module, _, _ in records)
-        ghost, small, large = [], [], []
+        ghost: list[tuple[nn.Module, torch.Tensor, torch.Tensor, dict[str, str]]] = []
+        small: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        large: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         for (module, x, _), grad in zip(records, backprops, strict=True):
             if grad is None:  # the layer's output did not reach the loss
                 continue
@@ -323,10 +326,10 @@ class LayerwiseEngine:
             if out._version != version:  # its gradient would be the one after the in-place operation
                 raise ValueError(f"the output of layer '{self.layers[module].rstrip('.') or type(module).__name__}' "
                                  "was changed in place (e.g. relu_); use out-of-place operations or the 'vmap' engine")
-        records = [(module, x, out) for module, x, out, _ in records]
+        layers = [(module, x, out) for module, x, out, _ in records]
         with record_function("dp:backward"):
-            backprops = torch.autograd.grad(losses.sum(), [out for _, _, out in records], allow_unused=True)
-        return records, backprops, losses
+            backprops = torch.autograd.grad(losses.sum(), [out for _, _, out in layers], allow_unused=True)
+        return layers, backprops, losses
 
     def _per_layer(self, records: list, backprops: tuple, b: int, params: dict[str, nn.Parameter]) -> Grads:
         grads, _ = self._layer_grads([(m, x, g) for (m, x, _), g in zip(records, backprops, strict=True) if g is not None], b,
@@ -337,7 +340,7 @@ class LayerwiseEngine:
         return grads
 
 
-def _empty(params: dict[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
+def _empty(params: Mapping[str, torch.Tensor]) -> tuple[Grads, torch.Tensor]:
     first = next(iter(params.values()))
     return {n: p.new_zeros((0, *p.shape)) for n, p in params.items()}, first.new_zeros(0)
 

@@ -11,12 +11,14 @@ Rows are example-major: row r belongs to example r // K (the per-example loss co
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch import nn
 
-Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
+Rule = Callable[[Any, torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]  # (layer of its type, x, grad, b)
 
 
 def _by_example(t: torch.Tensor, b: int) -> torch.Tensor:

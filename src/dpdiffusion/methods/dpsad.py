@@ -174,8 +174,8 @@ def resolve_dpsad_plan(config: RunConfig, dataset_size: int) -> ComposedPlan:
 # -- the models ----------------------------------------------------------------------------------------------------
 def student_model(config: RunConfig) -> UNetConfig:
     d = config.dpsad
-    changes = {k: v for k, v in (("model_channels", d.student_model_channels), ("num_blocks", d.student_num_blocks))
-               if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in (("model_channels", d.student_model_channels),
+                                                 ("num_blocks", d.student_num_blocks)) if v is not None}
     return dataclasses.replace(config.model, **changes)
 
 

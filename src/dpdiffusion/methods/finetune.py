@@ -63,9 +63,12 @@ def file_sha256(path: Path) -> str:
 def load_init(config: RunConfig) -> tuple[Precond, dict[str, Any] | None, dict[str, Any]]:
     """The model at ``finetune.init``, the network description a release of a diffusers model needs, and the
     start's description for the privacy report."""
+    if config.finetune.init is None:
+        raise ConfigError("finetune.init is not set")
     path = Path(config.finetune.init)
     if not path.exists():
         raise ConfigError(f"finetune.init: {path} does not exist")
+    model: Precond
     if path.is_dir() and is_diffusers_folder(path):
         model, spec = load_diffusers_denoiser(path)
         check_diffusers_matches(config, spec["unet"])
@@ -85,7 +88,7 @@ def load_init(config: RunConfig) -> tuple[Precond, dict[str, Any] | None, dict[s
             k = differing[0]
             raise ConfigError(f"finetune.init was trained with {section}.{k}={getattr(theirs, k)!r} but this run has "
                               f"{getattr(ours, k)!r}; use the same {section} settings")
-    start = {"kind": "dpdiffusion model", "path": str(weights), "sha256": file_sha256(weights)}
+    start: dict[str, Any] = {"kind": "dpdiffusion model", "path": str(weights), "sha256": file_sha256(weights)}
     if "trained_on" in meta:  # a model trained by plain steps: on public data, or a non-private teacher
         start["trained_on"] = {**meta["trained_on"], "steps": meta.get("steps")}
     elif "privacy" in meta:  # a DP release: its privacy spend is its own; name it, so the two can be composed
@@ -203,6 +206,8 @@ def check_one_start(config: RunConfig) -> None:
 def load_public(config: RunConfig) -> Dataset:
     """The public dataset of stage 1, after the checks that keep it public and usable."""
     check_public_is_not_private(config)
+    if config.pretrain.data is None:
+        raise ConfigError("pretrain.data is not set")
     public = load_dataset(config.pretrain.data, "train")
     check_fits_model(public, config.model, "pretrain.data")
     check_public_labels(config, public.y)

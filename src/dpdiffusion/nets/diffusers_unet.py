@@ -44,10 +44,10 @@ def _unet_class():
 class DiffusersNet(nn.Module):
     """F(x_in, c_noise, labels) -> predicted noise, from a ``UNet2DModel`` (learned-variance channels dropped)."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: Any):  # a diffusers UNet2DModel
         super().__init__()
         self.unet = unet
-        self.in_channels = unet.config.in_channels
+        self.in_channels: int = unet.config.in_channels
         self.conditional = bool(unet.config.num_class_embeds)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,6 +63,7 @@ class DDPMPrecond(Precond):
     def __init__(self, net: nn.Module, alphas_cumprod: torch.Tensor):
         super().__init__(net, sigma_data=0.5)
         alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.log_sigmas: torch.Tensor
         self.register_buffer("log_sigmas", (1 / alphas_cumprod - 1).sqrt().log().float(), persistent=False)
         self.alphas_cumprod = alphas_cumprod
 
@@ -94,8 +95,10 @@ def _alphas_cumprod(path: Path) -> torch.Tensor:
             if config.get("prediction_type", "epsilon") != "epsilon":
                 raise DiffusersError(f"{folder}: prediction_type {config['prediction_type']!r}; only epsilon-prediction "
                                      "models can be adapted")
-            return DDPMScheduler.from_config(config).alphas_cumprod
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02).alphas_cumprod
+            scheduler: Any = DDPMScheduler.from_config(config)
+            return scheduler.alphas_cumprod
+    default: Any = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
+    return default.alphas_cumprod
 
 
 def load_diffusers_denoiser(path: str | Path) -> tuple[DDPMPrecond, dict[str, Any]]:

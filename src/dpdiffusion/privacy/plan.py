@@ -129,7 +129,8 @@ class PrivacyPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrivacyPlan:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (math.inf if v == "inf" else v) for k, v in data.items() if k in names})
+        values: dict[str, Any] = {k: (math.inf if v == "inf" else v) for k, v in data.items() if k in names}
+        return cls(**values)
 
 
 def steps_for(*, steps: int | None, epochs: float | None, dataset_size: int, expected_batch_size: int) -> int:
@@ -138,6 +139,7 @@ def steps_for(*, steps: int | None, epochs: float | None, dataset_size: int, exp
         raise PrivacyPlanError("give exactly one of steps or epochs")
     if steps is not None:
         return int(steps)
+    assert epochs is not None
     if not epochs > 0:
         raise PrivacyPlanError(f"epochs must be > 0, got {epochs}")
     return math.ceil(epochs * dataset_size / expected_batch_size)
