@@ -124,7 +124,8 @@ def sample(run_dir: Path, sampling, num: int, seed: int = 0) -> tuple[np.ndarray
     post-processing of the release); a cached set of at least ``num`` images is reused."""
     from dpdiffusion.diffusion.generate import generate, load_release
 
-    tag = f"{sampling.sampler}-{sampling.steps}-w{sampling.guidance:g}-seed{seed}"
+    tag = (f"{sampling.sampler}-{sampling.steps}-w{sampling.guidance:g}-smax{sampling.sigma_max:g}-smin{sampling.sigma_min:g}"
+           f"-rho{sampling.rho:g}-seed{seed}")
     cache = run_dir / "release" / "synthetic" / f"{tag}-{num}.npz"
     if cache.is_file():
         with np.load(cache) as f:
@@ -208,7 +209,8 @@ def run(args: argparse.Namespace) -> dict:
     phases["train"] = trained["seconds"]
 
     model, config, privacy = load_release(run_dir)
-    overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance))
+    overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance),
+                                   ("sigma_min", args.sigma_min), ("sigma_max", args.sigma_max), ("rho", args.rho))
                  if v is not None}
     sampling = dataclasses.replace(config.sampling, **overrides)
     images, labels, phases["sample"] = sample(run_dir, sampling, protocol.synthetic)
@@ -225,6 +227,8 @@ def run(args: argparse.Namespace) -> dict:
     stem = f"utility_{name}" + ("" if protocol is FULL else f"_{protocol.name}")
     if overrides:
         stem += f"_{sampling.sampler}-{sampling.steps}" + (f"-w{sampling.guidance:g}" if sampling.guidance != 1 else "")
+        stem += "".join(f"-{short}{overrides[key]:g}" for key, short in (("sigma_max", "smax"), ("sigma_min", "smin"),
+                                                                          ("rho", "rho")) if key in overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     test_images, test_labels = real_images(data, "test")
@@ -264,7 +268,10 @@ def summary(result: dict) -> dict[str, str]:
     cells = {"name": result["name"], "protocol": result["protocol"]["name"],
              "eps": f"{privacy['epsilon']:.2f}" if privacy.get("epsilon") is not None else "-",
              "sampler": f"{sampling['sampler']} {sampling['steps']} ({sampling['nfe']} NFE"
-                        + (f", w {sampling['guidance']:g})" if sampling["guidance"] != 1 else ")")}
+                        + (f", w {sampling['guidance']:g}" if sampling["guidance"] != 1 else "")
+                        + ("" if (sampling.get("sigma_min", 0.002), sampling.get("sigma_max", 80.0), sampling.get("rho", 7.0))
+                           == (0.002, 80.0, 7.0) else
+                           f", sigma {sampling['sigma_min']:g}-{sampling['sigma_max']:g}, rho {sampling['rho']:g}") + ")"}
     for name, entry in metrics["downstream"]["classifiers"].items():
         cells[name] = f"{100 * entry['synthetic']['test_accuracy']:.1f}%"
     for split, entry in metrics["fid"].items():
@@ -319,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", help="override the preset's sampling.sampler")
     parser.add_argument("--steps", type=int, help="override sampling.steps")
     parser.add_argument("--guidance", type=float, help="override sampling.guidance")
+    parser.add_argument("--sigma-min", type=float, help="override sampling.sigma_min (EDM's schedule)")
+    parser.add_argument("--sigma-max", type=float, help="override sampling.sigma_max")
+    parser.add_argument("--rho", type=float, help="override sampling.rho")
     parser.add_argument("--num", type=int, help="synthetic images (a custom protocol, never a headline)")
     parser.add_argument("--epochs", type=int, help="classifier epochs (a custom protocol)")
     parser.add_argument("--fid-num", type=int, help="synthetic images scored by FID (a custom protocol)")
