@@ -99,8 +99,9 @@ def train(source: str, overrides: list[str], run_dir: Path) -> dict:
         _, released, _ = load_release(run_dir)
         wanted = _flat(json_safe(load_config(source, overrides).to_dict()))
         have = _flat(json_safe(released.to_dict()))
-        differ = sorted(k for k in set(wanted) | set(have)
-                        if wanted.get(k) != have.get(k) and k not in ("data.data_dir", "name", "description"))
+        differ = sorted(k for k in set(wanted) | set(have)  # sampling settings do not change the trained model
+                        if wanted.get(k) != have.get(k) and k not in ("data.data_dir", "name", "description")
+                        and not k.startswith("sampling."))
         if differ:
             sys.exit(f"utility: {run_dir} was trained with other settings ({', '.join(differ[:5])}); "
                      "give another --run-dir or --name")
