@@ -169,12 +169,12 @@ def image_metrics(images: np.ndarray, data, protocol: Protocol, inception: str |
     return out
 
 
-def classifier_metrics(images: np.ndarray, labels: np.ndarray, data, protocol: Protocol, num_classes: int,
-                       ceiling: bool) -> dict:
+def classifier_metrics(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], data,
+                       protocol: Protocol, num_classes: int, ceiling: bool) -> dict:
     from dpdiffusion.evaluation.classifiers import ClassifierSettings, train_and_test
     from dpdiffusion.evaluation.evaluate import real_images
 
-    test_images, test_labels = real_images(data, "test")
+    test_images, test_labels = test
     names, left_out = classifiers_for(protocol, images.shape[-1], images.shape[1])
     settings = ClassifierSettings(epochs=protocol.epochs)
     out: dict = {"test_split": f"{data.name} test", "test_images": len(test_images), "left_out": left_out,
@@ -217,12 +217,14 @@ def run(args: argparse.Namespace) -> dict:
     images, labels, phases["sample"] = sample(run_dir, sampling, protocol.synthetic)
     data = dataclasses.replace(config.data, resolution=config.model.img_resolution)
     num_classes = config.model.num_classes
+    test_images, test_labels = real_images(data, "test")  # read once: the classifiers' test set and the picture
 
     start = time.perf_counter()
     metrics = image_metrics(images, data, protocol, args.inception)
     phases["features"] = time.perf_counter() - start
     start = time.perf_counter()
-    metrics["downstream"] = classifier_metrics(images, labels, data, protocol, num_classes, args.ceiling)
+    metrics["downstream"] = classifier_metrics(images, labels, (test_images, test_labels), data, protocol, num_classes,
+                                               args.ceiling)
     phases["classifiers"] = time.perf_counter() - start
 
     stem = f"utility_{name}" + ("" if protocol is FULL else f"_{protocol.name}")
@@ -232,7 +234,6 @@ def run(args: argparse.Namespace) -> dict:
                                                                           ("rho", "rho")) if key in overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    test_images, test_labels = real_images(data, "test")
     save_comparison_grid(images, labels, test_images, test_labels, out / f"{stem}.png", num_classes=num_classes)
     plan = privacy.get("plan", {})
     result = {

@@ -268,10 +268,10 @@ def parse_override(text: str) -> dict[str, Any]:
             value = raw.strip()  # YAML 1.1 reads 5:2 as the base-60 number 302; a --set value means the text
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {key}: cannot read value {raw!r}") from error
-    nested: dict[str, Any] = {}
-    for part in reversed(key.split(".")):
-        nested = {part: value}
-        value = nested
+    *parents, last = key.split(".")
+    nested: dict[str, Any] = {last: value}
+    for part in reversed(parents):
+        nested = {part: nested}
     return nested
 
 
