@@ -120,6 +120,7 @@ def _noise_only(rank, size, rendezvous, out):
         zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
         samples = torch.cat([torch.cat([g.flatten() for g in dp.noisy_mean(zeros).values()]) for _ in range(DRAWS)])
         save_file({"noise": samples}, f"{out}-{rank}.safetensors")
+        dist.barrier()  # no rank tears gloo down while a peer is still finishing its last all-reduce (SIGABRT)
     finally:
         dist.destroy_process_group()
 
