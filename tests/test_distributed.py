@@ -15,10 +15,12 @@ from safetensors.torch import load_file, save_file
 
 from dpdiffusion import distributed
 from dpdiffusion.config import Performance
+from dpdiffusion.data.dataset import ArrayDataset
 from dpdiffusion.dpsgd.step import DPSGD
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
-from dpdiffusion.training import ArrayDataset, Trainer, TrainSettings
+from dpdiffusion.runconfig import TrainingConfig
+from dpdiffusion.training import Trainer
 from tests.dpsgd.toys import NoisyRegressionLoss, TinyDenoiser, make_batch
 from tests.tiny import TINY_RUN, write_config
 
@@ -29,9 +31,9 @@ PLAN = dict(dataset_size=160, expected_batch_size=96, steps=6, max_grad_norm=1.0
 def make_trainer(run_dir, world=None):
     torch.manual_seed(0)
     data = make_batch(160, torch.Generator().manual_seed(9))
-    settings = TrainSettings(checkpoint_every=2, log_every=1, seed=3, secret_seed=42, progress=False)
+    training = TrainingConfig(checkpoint_every=2, log_every=1, seed=3)
     return Trainer(TinyDenoiser(), NoisyRegressionLoss(2), ArrayDataset(data["x"], data["y"]),
-                   plan=PrivacyPlan(**PLAN), run_dir=run_dir, settings=settings,
+                   plan=PrivacyPlan(**PLAN), run_dir=run_dir, training=training, secret_seed=42, progress=False,
                    performance=Performance(micro_batch_size=16), world=world)
 
 
@@ -149,7 +151,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
                            *common, "--run-dir", str(tmp_path / "two"), "--audit-canaries", "4"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("trained 3/3 steps") == 1  # rank 0 speaks for the job
+    assert done.stdout.count("dpsgd 3/3 steps") == 1  # rank 0 speaks for the job
     weights_one, privacy_one = release_of(tmp_path / "one")
     weights_two, privacy_two = release_of(tmp_path / "two")
     assert privacy_one["plan"] == privacy_two["plan"] and privacy_one["spent"] == privacy_two["spent"]

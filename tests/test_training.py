@@ -5,9 +5,11 @@ import torch
 from safetensors.torch import load_file
 
 from dpdiffusion.checkpoint import CheckpointError, load_checkpoint
+from dpdiffusion.data.dataset import ArrayDataset
 from dpdiffusion.privacy.ledger import LedgerMismatchError
 from dpdiffusion.privacy.plan import PrivacyPlan
-from dpdiffusion.training import ArrayDataset, Trainer, TrainSettings
+from dpdiffusion.runconfig import TrainingConfig
+from dpdiffusion.training import Trainer
 from tests.dpsgd.toys import NoisyRegressionLoss, TinyDenoiser, make_batch
 
 PLAN = dict(dataset_size=40, expected_batch_size=8, steps=12, max_grad_norm=1.0, noise_multiplier=1.0, delta=1e-3)
@@ -16,10 +18,10 @@ PLAN = dict(dataset_size=40, expected_batch_size=8, steps=12, max_grad_norm=1.0,
 def make_trainer(run_dir, plan=None, seed=0, checkpoint_every=4):
     torch.manual_seed(0)
     data = make_batch(40, torch.Generator().manual_seed(9))
-    settings = TrainSettings(checkpoint_every=checkpoint_every, log_every=2, seed=seed, secret_seed=42, progress=False)
+    training = TrainingConfig(checkpoint_every=checkpoint_every, log_every=2, seed=seed)
     return Trainer(
         TinyDenoiser(), NoisyRegressionLoss(2), ArrayDataset(data["x"], data["y"]),
-        plan=plan or PrivacyPlan(**PLAN), run_dir=run_dir, settings=settings,
+        plan=plan or PrivacyPlan(**PLAN), run_dir=run_dir, training=training, secret_seed=42, progress=False,
     )
 
 

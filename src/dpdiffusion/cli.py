@@ -96,6 +96,9 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and privacy plan as JSON")
     parser.add_argument("--data-dir", help="local dataset copies, <dir>/<dataset>/<files> (same as --set data.data_dir=DIR; "
                         "also for pretrain.data)")
+    parser.add_argument("--allow-non-private-start", action="store_true",
+                        help="start from a model trained on the private data without privacy (finetune.init): the "
+                             "release is NOT differentially private, and its privacy report says so")
     parser.add_argument("--allow-non-private-teacher", action="store_true",
                         help="DP-SAD with dpsad.teacher=none (the paper's setting): the release is NOT differentially "
                              "private end to end, and its privacy report says so")
@@ -117,12 +120,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def train_on(args: argparse.Namespace, world) -> int:
+    """Load the configuration and the private data, then plan, describe or train through the method."""
     from pathlib import Path
 
     from dpdiffusion import distributed
     from dpdiffusion.data.datasets import check_fits_model, load_dataset
-    from dpdiffusion.methods import dpdm, finetune
-    from dpdiffusion.runconfig import load_config, resolve_plan
+    from dpdiffusion.methods import METHODS
+    from dpdiffusion.runconfig import load_config
 
     config = load_config(args.config, args.set)
     if args.data_dir:
@@ -130,75 +134,37 @@ def train_on(args: argparse.Namespace, world) -> int:
         if config.pretrain.data is not None and config.pretrain.data.data_dir is None:
             public = dataclasses.replace(config.pretrain.data, data_dir=args.data_dir)
             config = dataclasses.replace(config, pretrain=dataclasses.replace(config.pretrain, data=public))
+    method = METHODS[config.method]
+    if args.audit_canaries and not method.audit_canaries:
+        raise CliError(f"--audit-canaries: not supported by method {method.name} (use method dpdm)")
+    flags = {"--allow-non-private-start": args.allow_non_private_start,
+             "--allow-non-private-teacher": args.allow_non_private_teacher}
+    wrong = [flag for flag, given in flags.items() if given and flag != method.non_private_flag]
+    if wrong:
+        raise CliError(f"{wrong[0]}: does not apply to method {method.name} (its flag is {method.non_private_flag})")
+    allow_non_private = flags[method.non_private_flag]
     with distributed.main_first(world):  # rank 0 downloads what is missing; the others then find it
         dataset = load_dataset(config.data, "train")
     check_fits_model(dataset, config.model)
-    if config.method == "dpsad":
-        if args.audit_canaries:
-            raise CliError("--audit-canaries: supported for method dpdm (DP-SAD trains three mechanisms)")
-        return run_train_dpsad(args, config, dataset)
-    if config.method != "dpdm":
-        raise CliError(f"method: unknown {config.method!r} (choose dpdm or dpsad)")
-    plan = resolve_plan(config.privacy, len(dataset))
+    run_plan = method.plan(config, len(dataset), allow_non_private=allow_non_private)
+    if args.dry_run:
+        print(json.dumps(json_safe(method.describe(config, dataset, run_plan)), indent=2))
+        return 0
     run_dir = Path(args.run_dir or Path("runs") / config.name)
-    if args.dry_run:
-        from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
-        from dpdiffusion.nets.unet import count_parameters
+    if method.audit_canaries:
+        from dpdiffusion.audit.canaries import with_canaries
 
-        training_levels(config.diffusion)  # checks the noise-level settings
-        summary = {
-            "config": config.to_dict(),
-            "model": {"parameters": count_parameters(build_denoiser(config.model, config.diffusion)),
-                      "parameterisation": config.diffusion.parameterisation},
-            "dataset": {"name": config.data.name, "split": "train", "size": len(dataset)},
-            "stages": finetune.describe_stages(config, len(dataset)),
-            "privacy": {**plan.to_dict(), "planned_epsilon": plan.planned_epsilon},
-        }
-        print(json.dumps(json_safe(summary), indent=2))
-        return 0
-    from dpdiffusion.audit.canaries import with_canaries
-
-    with distributed.main_first(world):  # rank 0 draws and saves the canaries; the others read them
-        dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir,
-                                resume=args.resume or not world.is_main)
-    trainer = dpdm.train(config, dataset, plan, run_dir, resume=args.resume)
-    ledger = trainer.ledger
+        with distributed.main_first(world):  # rank 0 draws and saves the canaries; the others read them
+            dataset = with_canaries(dataset, args.audit_canaries, config.model.num_classes, run_dir,
+                                    resume=args.resume or not world.is_main)
+    trainer = method.train(config, dataset, run_plan, run_dir, resume=args.resume, allow_non_private=allow_non_private)
     if world.is_main:
-        print(f"trained {ledger.steps_taken}/{plan.steps} steps, epsilon {ledger.epsilon_spent():.4g} at delta "
-              f"{plan.delta:.3g}; release in {trainer.run.release}")
-    return 0
-
-
-def run_train_dpsad(args: argparse.Namespace, config, dataset) -> int:
-    from pathlib import Path
-
-    from dpdiffusion.methods import dpsad
-
-    plan = dpsad.resolve_dpsad_plan(config, len(dataset))
-    if args.dry_run:
-        from dpdiffusion.nets.unet import count_parameters
-
-        summary = {
-            "config": config.to_dict(),
-            "method": "dpsad",
-            "teacher": {"mode": config.dpsad.teacher,
-                        "end_to_end_private": config.dpsad.teacher != "none"},
-            "student": {"parameters": count_parameters(dpsad.build_denoiser(dpsad.student_model(config), config.diffusion))},
-            "dataset": {"name": config.data.name, "split": "train", "size": len(dataset)},
-            "privacy": {**plan.to_dict(), "total_epsilon": plan.planned_epsilon},
-        }
-        if config.dpsad.teacher == "none":
-            summary["teacher"]["warning"] = dpsad.NOT_END_TO_END
-        print(json.dumps(json_safe(summary), indent=2))
-        return 0
-    trainer = dpsad.train(config, dataset, plan, Path(args.run_dir or Path("runs") / config.name), resume=args.resume,
-                          allow_non_private_teacher=args.allow_non_private_teacher)
-    if not trainer.world.is_main:
-        return 0
-    print(f"trained {trainer.ledger.steps_taken}/{trainer.plan.steps} student steps, total epsilon "
-          f"{trainer.epsilon_spent():.4g} at delta {plan.delta:.3g}; release in {trainer.run.release}")
-    if config.dpsad.teacher == "none":
-        print(f"warning: {dpsad.NOT_END_TO_END}")
+        taken = trainer.steps_taken()
+        steps = ", ".join(f"{name} {taken[name]}/{plan.steps}" for name, plan in run_plan.composed.parts)
+        print(f"trained {method.name}: {steps} steps; total epsilon {trainer.epsilon_spent():.4g} at delta "
+              f"{run_plan.composed.delta:.3g}; release in {trainer.run.release}")
+        if trainer.not_private():
+            print(f"warning: {trainer.not_private()}")
     return 0
 
 
@@ -303,6 +269,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from dpdiffusion.evaluation.classifiers import CLASSIFIERS, ClassifierSettings
     from dpdiffusion.evaluation.evaluate import EvaluationSettings, evaluate, load_samples, read_log
     from dpdiffusion.evaluation.report import write_report
+    from dpdiffusion.run_folder import RunFolder
     from dpdiffusion.runconfig import DataConfig
 
     source = Path(args.source)
@@ -325,7 +292,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                    data_dir=args.data_dir or config.data.data_dir, resolution=config.model.img_resolution,
                                    path=args.data_path or config.data.path,
                                    test_path=args.test_path or config.data.test_path)
-        out = Path(args.out) if args.out else source / "owner" / "evaluation"
+        out = Path(args.out) if args.out else RunFolder(source).evaluation
         images, labels = generate(model, config, num=settings.num, seed=settings.seed, batch_size=args.batch_size,
                                   progress=True)
         out.mkdir(parents=True, exist_ok=True)

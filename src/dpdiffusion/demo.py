@@ -19,6 +19,7 @@ from dpdiffusion.diffusion.generate import generate, load_release, save_grid
 from dpdiffusion.evaluation.report import save_comparison_grid
 from dpdiffusion.io import write_json_atomic
 from dpdiffusion.methods import dpdm
+from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import load_config, resolve_plan
 
 PRESET = "digits-eps10-cpu"
@@ -48,14 +49,15 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
 
     released, released_config, privacy = load_release(run_dir)  # only what may leave the owner from here on
     images, labels = generate(released, released_config, num=num_samples, seed=0)
-    samples = run_dir / "release" / "samples.npz"
+    run = RunFolder(run_dir)
+    samples = run.release / "samples.npz"
     np.savez_compressed(samples, images=images, labels=labels)
-    save_grid(images, run_dir / "release" / "samples.png")
+    save_grid(images, run.release / "samples.png")
 
     test = load_dataset(config.data, "test")
     test_images = test.x.permute(0, 2, 3, 1).numpy()
     accuracy = downstream_accuracy(images, labels, test_images, test.y.numpy())
-    comparison = run_dir / "owner" / "comparison.png"  # real held-out digits: the owner's, not for release
+    comparison = run.owner / "comparison.png"  # real held-out digits: the owner's, not for release
     save_comparison_grid(images, labels, test_images, test.y.numpy(), comparison,
                          num_classes=released_config.model.num_classes)
     evaluation = {
@@ -67,9 +69,9 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
         "train_seconds": trained - started,
         "total_seconds": time.perf_counter() - started,
     }
-    write_json_atomic(run_dir / "owner" / "evaluation.json", evaluation)
+    write_json_atomic(run.owner / "evaluation.json", evaluation)
     return {"run_dir": str(run_dir), "epsilon": ledger.epsilon_spent(), "delta": plan.delta,
-            "grid": str(run_dir / "release" / "samples.png"), "comparison": str(comparison), "privacy": privacy,
+            "grid": str(run.release / "samples.png"), "comparison": str(comparison), "privacy": privacy,
             **evaluation}
 
 

@@ -125,6 +125,9 @@ class FinetuneConfig:
     init: str | None = None  # a finished run folder, a released model.safetensors, or a diffusers UNet2DModel folder
     trainable: tuple[str, ...] = ()  # parameter-name patterns (fnmatch) to fine-tune; empty: all of them
     frozen: tuple[str, ...] = ()  # parameter-name patterns kept fixed (applied after ``trainable``)
+    # a start trained on private data: "same" -- on this run's private data (or some of it), so a DP start's
+    # spend is composed into this run's plan; "other" -- on data sharing no record with it (its guarantee is its own)
+    init_private_data: Literal["same", "other"] = "same"
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class DPSADConfig:
 class RunConfig:
     name: str = "custom"
     description: str = ""
-    method: str = "dpdm"  # dpdm (from scratch, or fine-tuning with pretrain/finetune) or dpsad
+    method: Literal["dpdm", "dpsad"] = "dpdm"  # dpdm (from scratch, or fine-tuning with pretrain/finetune) or dpsad
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

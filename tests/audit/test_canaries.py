@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from dpdiffusion.audit.canaries import (CANARY_FILE, AuditedDataset, audit_canaries, draw_canaries, epsilon_lower_bound,
-                                        load_canaries, p_value, save_canaries, with_canaries)
-from dpdiffusion.training import ArrayDataset
+from dpdiffusion.audit.canaries import (
+    AuditedDataset,
+    audit_canaries,
+    canary_file,
+    draw_canaries,
+    epsilon_lower_bound,
+    load_canaries,
+    p_value,
+    save_canaries,
+    with_canaries,
+)
+from dpdiffusion.data.dataset import ArrayDataset
 
 
 def binomial_tail(r: int, v: int, q: float) -> float:
@@ -108,7 +117,7 @@ def test_audited_dataset_adds_the_included_canaries_on_top_of_the_plan(tmp_path)
 def test_with_canaries_keeps_the_draw_on_resume_and_refuses_mismatches(tmp_path):
     data = dataset()
     first = with_canaries(data, 12, 10, tmp_path, resume=False)
-    assert (tmp_path / CANARY_FILE).is_file()
+    assert canary_file(tmp_path).is_file()
     resumed = with_canaries(data, 12, 10, tmp_path, resume=True)
     assert torch.equal(first.x, resumed.x)
     with pytest.raises(ValueError, match="started with 12 canaries"):

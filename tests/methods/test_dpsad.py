@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dpdiffusion.cli import main
+from dpdiffusion.data.dataset import ArrayDataset
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.noise_levels import KarrasLevels
 from dpdiffusion.dpsgd.clipping import clip_and_sum, per_example_norms
@@ -11,7 +12,6 @@ from dpdiffusion.dpsgd.per_example import make_engine
 from dpdiffusion.methods import dpsad
 from dpdiffusion.nets.discriminator import DiscriminatorConfig, PairDiscriminator
 from dpdiffusion.runconfig import ConfigError, load_config
-from dpdiffusion.training import ArrayDataset, TrainSettings
 from tests.tiny import write_config
 
 TINY = """
@@ -79,7 +79,7 @@ def test_the_student_step_trains_the_student_only(config):
     loss = dpsad.StudentLoss(student, teacher, disc, levels, 1.0, 10, 0.1)
     batch = neighbouring_batches(torch.Generator().manual_seed(2))
     draws = loss.draw(batch, torch.Generator().manual_seed(3))
-    assert draws["sigma"].shape == (6,)  # one level r per example, not an average over all T
+    assert draws["sigma"].shape == (6, 1)  # one level r per example (K = 1), not an average over all T
     loss(student, batch, draws).sum().backward()
     assert all(p.grad is None for p in disc.parameters()) and all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
@@ -114,7 +114,7 @@ def test_train_release_and_report_compose_every_mechanism(config, tmp_path):
 def test_resume_continues_both_mechanisms_exactly(config, tmp_path):
     cfg = load_config(config, ["dpsad.teacher=public", "pretrain.data={name: digits, subset: ':500'}",
                                "data.subset='500:'", "pretrain.steps=2",
-                               "pretrain.batch_size=32"])
+                               "pretrain.batch_size=32", "training.checkpoint_every=1"])
     data = ArrayDataset(torch.randn(200, 1, 8, 8), torch.arange(200) % 10)
     plan = dpsad.resolve_dpsad_plan(cfg, len(data))
 
@@ -124,8 +124,7 @@ def test_resume_continues_both_mechanisms_exactly(config, tmp_path):
                                             progress=False)
         student = build_denoiser(dpsad.student_model(cfg), cfg.diffusion)
         return dpsad.DPSADTrainer(student, teacher, cfg, data, plan, run_dir=run, teacher_info=info,
-                                  settings=TrainSettings(checkpoint_every=1, secret_seed=7, progress=False),
-                                  provenance={})
+                                  stages=[], secret_seed=7, progress=False, provenance={})
 
     straight = trainer(tmp_path / "a")
     straight.fit()
@@ -133,10 +132,10 @@ def test_resume_continues_both_mechanisms_exactly(config, tmp_path):
     first.fit(max_steps=2)
     second = trainer(tmp_path / "b")
     second.fit(resume=True)
-    assert second.disc_ledger.steps_taken == 3 and second.ledger.steps_taken == 3
-    for a, b in zip(straight.ema.model.parameters(), second.ema.model.parameters()):
+    assert second.mechanisms["discriminator"].ledger.steps_taken == 3 and second.ledger.steps_taken == 3
+    for a, b in zip(straight.ema.model.parameters(), second.ema.model.parameters(), strict=True):
         torch.testing.assert_close(a, b)
-    for a, b in zip(straight.discriminator.parameters(), second.discriminator.parameters()):
+    for a, b in zip(straight.discriminator.parameters(), second.discriminator.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -5,9 +5,10 @@ import torch
 from safetensors.torch import load_file
 
 from dpdiffusion.cli import main
-from dpdiffusion.methods import finetune
-from dpdiffusion.methods.finetune import file_sha256
+from dpdiffusion.diffusion.denoiser import build_denoiser
+from dpdiffusion.methods import dpdm, pretrain, start
 from dpdiffusion.runconfig import ConfigError, load_config
+from dpdiffusion.stages import file_sha256
 from tests.tiny import write_config
 
 # Public = the first 500 of the digits training split, private = the rest: a fixed split by position.
@@ -51,20 +52,20 @@ def test_pretraining_then_dp_fine_tuning_reports_public_private_and_start(config
 def test_pretraining_changes_the_model_and_resume_reuses_it(config, tmp_path, monkeypatch):
     cfg = load_config(config)
     torch.manual_seed(0)
-    model, _, provenance = finetune.start_model(cfg, tmp_path / "run", progress=False)
+    model, _, public, _ = start.start_model(cfg, tmp_path / "run", delta=1e-4, progress=False)
     torch.manual_seed(0)
-    fresh = finetune.build_denoiser(cfg.model, cfg.diffusion)
+    fresh = build_denoiser(cfg.model, cfg.diffusion)
     assert not tensors_equal(model.state_dict(), fresh.state_dict())
-    assert provenance["public"]["size"] == 500
+    assert public["size"] == 500
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretrained again")
 
-    monkeypatch.setattr(finetune, "pretrain", no_pretraining)
-    again, _, _ = finetune.start_model(cfg, tmp_path / "run", resume=True, progress=False)
+    monkeypatch.setattr(start, "pretrain", no_pretraining)
+    again, *_ = start.start_model(cfg, tmp_path / "run", delta=1e-4, resume=True, progress=False)
     assert tensors_equal(again.state_dict(), model.state_dict())
     with pytest.raises(FileExistsError, match="already holds a run"):
-        finetune.start_model(cfg, tmp_path / "run", progress=False)
+        start.start_model(cfg, tmp_path / "run", delta=1e-4, progress=False)
 
 
 def test_start_from_a_release_names_its_spend_and_checks_the_architecture(config, tmp_path, capsys):
@@ -74,13 +75,23 @@ def test_start_from_a_release_names_its_spend_and_checks_the_architecture(config
     assert first_report["data"]["public"] is None
     assert first_report["data"]["start"]["kind"] == "random initialisation"
     second = tmp_path / "second"
+    # a DP start on the same private data: its spend is composed in, so the same target leaves nothing
+    capsys.readouterr()
     assert main(["train", config, "--run-dir", str(second), "--set", "pretrain.data=null",
-                 "--set", f"finetune.init={first}", "--set", "training.lr=0.0"]) == 0
+                 "--set", f"finetune.init={first}"]) == 2
+    assert "already spent epsilon" in capsys.readouterr().err and not second.exists()
+    assert main(["train", config, "--run-dir", str(second), "--set", "pretrain.data=null", "--set",
+                 "privacy.target_epsilon=10", "--set", f"finetune.init={first}", "--set", "training.lr=0.0"]) == 0
     assert tensors_equal(load_file(first / "release/model.safetensors"), load_file(second / "release/model.safetensors"))
-    start = json.loads((second / "release" / "privacy.json").read_text())["data"]["start"]
+    report = json.loads((second / "release" / "privacy.json").read_text())
+    start = report["data"]["start"]
     assert start["kind"] == "dpdiffusion model" and start["trained_on"]["private"]["subset"] == "500:"
     assert start["trained_on"]["epsilon"] == pytest.approx(first_report["spent"]["epsilon"])
-    assert "composition" in start["note"]
+    assert start["composed_into_this_run"] == ["start.dpsgd"]
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["start.dpsgd"]["dp"]["spent_before_this_run"] is True
+    assert stages["start.dpsgd"]["dp"]["noise_multiplier"] == first_report["plan"]["noise_multiplier"]
+    assert 5 < report["spent"]["epsilon"] <= 10  # the total of both runs, composed
     capsys.readouterr()
     assert main(["train", config, "--run-dir", str(tmp_path / "third"), "--set", "pretrain.data=null",
                  "--set", f"finetune.init={first}", "--set", "model.model_channels=16"]) == 2
@@ -107,10 +118,9 @@ def test_frozen_parameters_stay_fixed_and_get_no_per_example_gradients(config, t
 
 
 def finetune_model_and_loss(cfg):
-    from dpdiffusion.methods import dpdm
 
-    model = finetune.build_denoiser(cfg.model, cfg.diffusion)
-    finetune.apply_freezing(model, cfg)
+    model = build_denoiser(cfg.model, cfg.diffusion)
+    start.apply_freezing(model, cfg)
     return dpdm.build(cfg, model)
 
 
@@ -122,7 +132,7 @@ def finetune_model_and_loss(cfg):
 def test_freezing_patterns_are_checked(config, override, message):
     cfg = load_config(config, [override])
     with pytest.raises(ConfigError, match=message):
-        finetune.apply_freezing(finetune.build_denoiser(cfg.model, cfg.diffusion), cfg)
+        start.apply_freezing(build_denoiser(cfg.model, cfg.diffusion), cfg)
 
 
 def test_pretraining_and_an_init_checkpoint_exclude_each_other(config, tmp_path, capsys):
@@ -133,8 +143,8 @@ def test_pretraining_and_an_init_checkpoint_exclude_each_other(config, tmp_path,
 def test_public_labels_outside_the_private_classes_need_pretraining_without_labels(config):
     cfg = load_config(config, ["model.num_classes=5"])
     with pytest.raises(ConfigError, match="pretrain.labels: false"):
-        finetune.check_public_labels(cfg, torch.tensor([0, 9]))
-    finetune.check_public_labels(load_config(config, ["model.num_classes=5", "pretrain.labels=false"]),
+        pretrain.check_public_labels(cfg, torch.tensor([0, 9]))
+    pretrain.check_public_labels(load_config(config, ["model.num_classes=5", "pretrain.labels=false"]),
                                  torch.tensor([0, 9]))
 
 
@@ -148,11 +158,11 @@ def test_dry_run_shows_the_public_and_the_private_dataset(config, capsys):
 
 
 @pytest.mark.parametrize("public, private", [(":500", "400:"), (None, "500:"), (":500", None), ("-100:", "1000:")])
-def test_public_pretraining_may_not_see_private_images(config, public, private, tmp_path):
+def test_public_pretraining_may_not_see_private_images(config, public, private, tmp_path, capsys):
     overrides = [f"pretrain.data.subset={repr(public) if public else 'null'}",
                  f"data.subset={repr(private) if private else 'null'}"]
     cfg = load_config(config, overrides)
     with pytest.raises(ConfigError, match="share .* training images"):
-        finetune.start_model(cfg, tmp_path / "run", progress=False)
-    with pytest.raises(ConfigError, match="public pretraining would see private data"):
-        finetune.describe_stages(cfg, 1000)
+        start.start_model(cfg, tmp_path / "run", delta=1e-4, progress=False)
+    assert main(["train", config, "--dry-run", *[a for o in overrides for a in ("--set", o)]]) == 2
+    assert "public pretraining would see private data" in capsys.readouterr().err

@@ -22,9 +22,9 @@ import torch
 from scipy import stats
 
 from dpdiffusion.checkpoint import load_checkpoint, save_checkpoint
-from dpdiffusion.training import ArrayDataset
+from dpdiffusion.data.dataset import ArrayDataset
+from dpdiffusion.run_folder import RunFolder
 
-CANARY_FILE = Path("owner") / "audit" / "canaries.safetensors"
 # Pre-registered guess counts, as fractions of M: the bound is the best over these, each tested at
 # (1 - confidence) / len(GUESS_FRACTIONS) (Bonferroni), so choosing the best does not inflate the confidence.
 GUESS_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)
@@ -56,14 +56,14 @@ def draw_canaries(count: int, like: ArrayDataset, num_classes: int, seed: int | 
 
 
 def save_canaries(run_dir: str | Path, canaries: Canaries) -> Path:
-    path = Path(run_dir) / CANARY_FILE
+    path = canary_file(run_dir)
     save_checkpoint(path, {"images": canaries.images, "labels": canaries.labels,
                            "included": canaries.included.to(torch.uint8)}, {"count": len(canaries)})
     return path
 
 
 def load_canaries(run_dir: str | Path) -> Canaries | None:
-    path = Path(run_dir) / CANARY_FILE
+    path = canary_file(run_dir)
     if not path.is_file():
         return None
     tensors, _ = load_checkpoint(path)
@@ -85,7 +85,7 @@ def with_canaries(dataset: ArrayDataset, count: int | None, num_classes: int, ru
                   resume: bool) -> ArrayDataset:
     """The training set with ``count`` canaries (None: none): drawn and saved for a new run, reloaded on resume,
     where the count must be the one the run started with."""
-    stored = (Path(run_dir) / CANARY_FILE).exists()
+    stored = (canary_file(run_dir)).exists()
     if not resume:
         if stored:
             raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or pick another folder")
@@ -150,3 +150,8 @@ def audit_canaries(scores: np.ndarray, included: np.ndarray, delta: float, confi
     best = max(trials, key=lambda t: t["epsilon_lower_bound"])
     return {"canaries": m, "included": int(included.sum()), "confidence": confidence, "delta": delta,
             "epsilon_lower_bound": best["epsilon_lower_bound"], "best": best, "trials": trials}
+
+
+def canary_file(run_dir: str | Path) -> Path:
+    """The secret draw of which canaries went in: the owner's, never released."""
+    return RunFolder(run_dir).audit / "canaries.safetensors"

@@ -19,6 +19,7 @@ from dpdiffusion.data.transforms import to_model_range
 from dpdiffusion.diffusion.generate import load_release
 from dpdiffusion.evaluation.report import svg_plot
 from dpdiffusion.io import write_json_atomic
+from dpdiffusion.run_folder import RunFolder
 
 AUDIT_NOTE = ("Owner-side report: membership scores are computed from private training images and the secret canary "
               "draw without noise. An empirical lower bound below the claimed epsilon does not prove the guarantee; "
@@ -63,7 +64,7 @@ def audit_run(run_dir: str | Path, *, members: int = 1000, grid: ScoreGrid = Sco
         result = audit_canaries(canary_scores, canaries.included.numpy(), delta)
         result["within_claim"] = result["epsilon_lower_bound"] <= claimed
         report["canaries"] = result
-    write_audit_report(run_dir / "owner" / "audit", report)
+    write_audit_report(RunFolder(run_dir).audit, report)
     return report
 
 

@@ -6,6 +6,7 @@ import torch
 
 from dpdiffusion.data.celeba import load_celeba
 from dpdiffusion.data.cifar10 import load_cifar10
+from dpdiffusion.data.dataset import ArrayDataset
 from dpdiffusion.data.digits import load_digits
 from dpdiffusion.data.fmnist import load_fmnist
 from dpdiffusion.data.imagefolder import load_imagefolder_split
@@ -14,7 +15,6 @@ from dpdiffusion.data.mnist import load_mnist
 from dpdiffusion.data.transforms import resize, to_model_range
 from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.runconfig import ConfigError, DataConfig
-from dpdiffusion.training import ArrayDataset
 
 DATASETS = ("digits", "mnist", "fmnist", "cifar10", "celeba32", "celeba64", "imagenet32", "imagefolder")
 

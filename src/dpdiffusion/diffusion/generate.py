@@ -17,6 +17,7 @@ from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.diffusion.samplers import SAMPLERS, guided
 from dpdiffusion.diffusion.schedules import ImageNoise, karras_sigmas
+from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, RunConfig, SamplingConfig, config_from_dict
 
 
@@ -39,7 +40,7 @@ def load_model_file(path: str | Path) -> tuple[Precond, RunConfig, dict]:
 
 def load_release(run_dir: str | Path) -> tuple[Precond, RunConfig, dict]:
     """The released denoiser, its configuration and its privacy report, from ``RUN_DIR/release``."""
-    path = Path(run_dir) / "release" / "model.safetensors"
+    path = RunFolder(run_dir).model_weights
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {run_dir} a finished run folder?")
     model, config, meta = load_model_file(path)

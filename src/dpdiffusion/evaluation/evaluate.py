@@ -16,6 +16,7 @@ import numpy as np
 from dpdiffusion.evaluation.classifiers import ClassifierSettings, default_classifiers, train_and_test
 from dpdiffusion.evaluation.fid import Statistics, frechet_distance, reference_path, reference_subset
 from dpdiffusion.evaluation.precision_recall import precision_recall
+from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig
 
 METRICS = ("fid", "pr", "acc")
@@ -165,7 +166,7 @@ def downstream(images: np.ndarray, labels: np.ndarray, data: DataConfig, setting
 
 def read_log(run_dir: Path) -> list[dict]:
     """The owner's training log (one JSON object per logged step); empty if there is none."""
-    path = run_dir / "owner" / "log.jsonl"
+    path = RunFolder(run_dir).log
     if not path.exists():
         return []
     rows = []

@@ -1,21 +1,40 @@
-"""DPDM (Dockhorn et al. 2023): DP-SGD from scratch on a UNet with EDM preconditioning and noise multiplicity."""
+"""DPDM (Dockhorn et al. 2023): DP-SGD from scratch on a UNet with EDM preconditioning and noise multiplicity --
+and DP fine-tuning (Ghalebikesabi et al. 2023) when the run starts from public pretraining or a checkpoint.
+
+Stages: [public pretraining | a given start | a DP start on this run's data (its events, spent before)], then
+``dpsgd`` on the private data. One plan composes every DP stage; sigma of ``dpsgd`` is calibrated for the total.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from dpdiffusion.data.dataset import Dataset
 from dpdiffusion.diffusion.augment import Augment
 from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.io import write_json_atomic
-from dpdiffusion.methods.finetune import apply_freezing, describe_data, start_model
-from dpdiffusion.privacy.plan import PrivacyPlan
-from dpdiffusion.runconfig import RunConfig
-from dpdiffusion.training import Dataset, Trainer, TrainSettings
+from dpdiffusion.methods.start import (
+    NOT_PRIVATE_START,
+    Start,
+    apply_freezing,
+    check_one_start,
+    describe_data,
+    load_init,
+    start_model,
+)
+from dpdiffusion.nets.unet import count_parameters
+from dpdiffusion.privacy.composition import ComposedPlan
+from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
+from dpdiffusion.run_folder import RunFolder
+from dpdiffusion.runconfig import ConfigError, RunConfig, resolve_plan
+from dpdiffusion.stages import RunPlan, Stage
+from dpdiffusion.training import MAIN, Trainer
 
 
 def build(config: RunConfig, model: Precond | None = None) -> tuple[Precond, DenoisingLoss]:
@@ -33,27 +52,105 @@ def build(config: RunConfig, model: Precond | None = None) -> tuple[Precond, Den
     return model, loss
 
 
-def train(config: RunConfig, dataset: Dataset, plan: PrivacyPlan, run_dir: str | Path, *, resume: bool = False,
-          progress: bool = True) -> Trainer:
+def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = False) -> RunPlan:
+    """The run's stages and composed plan. A DP start trained on this run's private data is composed in (its
+    sigma fixed, this run's calibrated for the total target); a non-private one is marked (training refuses it unless allowed)."""
+    check_one_start(config)
+    single = resolve_plan(config.privacy, dataset_size)
+    stages: list[Stage] = []
+    start = load_init(config, single.delta)[2] if config.finetune.init else None
+    if config.pretrain.data is not None:
+        stages.append(Stage("public pretraining", "public",
+                            settings={f"pretrain.{k}": v for k, v in dataclasses.asdict(config.pretrain).items()}))
+    elif start is not None and start.private_without_privacy:
+        stages.append(Stage("start", "private-without-privacy"))
+    elif start is not None and not start.dp_parts:
+        stages.append(Stage("start", "nothing"))
+    if start is None or not start.dp_parts:
+        stages.append(Stage(MAIN, "private", single))
+        composed = ComposedPlan(((MAIN, dataclasses.replace(single, target_epsilon=None)),),
+                                target_epsilon=single.target_epsilon)
+        return RunPlan(tuple(stages), composed, MAIN, single)
+    stages += [Stage(name, "private", part, spent_before=True) for name, part in start.dp_parts]
+    fixed = tuple(name for name, _ in start.dp_parts)
+    draft = dataclasses.replace(single, target_epsilon=None)
+    target = config.privacy.target_epsilon
+    if config.privacy.noise_multiplier is not None:
+        composed = ComposedPlan((*start.dp_parts, (MAIN, draft)), target_epsilon=target, fixed=fixed)
+        if target is not None and composed.planned_epsilon > target:
+            raise PrivacyPlanError(f"with the DP start's spend, the run spends epsilon {composed.planned_epsilon:.4g}, "
+                                   f"more than its target {target:g}")
+    else:
+        assert target is not None  # resolve_plan checked
+        composed = ComposedPlan.calibrated(target_epsilon=target, fixed=fixed, parts=(
+            *start.dp_parts, (MAIN, dataclasses.replace(draft, noise_multiplier=1.0))))
+    stages.append(Stage(MAIN, "private", composed.plan(MAIN)))
+    return RunPlan(tuple(stages), composed, MAIN, composed.plan(MAIN))
+
+
+def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str, Any]:
+    """What ``train --dry-run`` shows: data, start, trainable parameters, stages and the composed plan."""
+    from dpdiffusion.methods.pretrain import load_public
+
+    size = getattr(dataset, "planned_size", len(dataset))
+    model = build_denoiser(config.model, config.diffusion)
+    start: dict[str, Any]
+    public = None
+    if config.finetune.init:
+        model, _, begin = load_init(config, run_plan.main_plan.delta)
+        start = begin.to_dict()
+    elif config.pretrain.data is not None:
+        public = {**describe_data(config.pretrain.data, len(load_public(config, dataset))),  # type: ignore[arg-type]
+                  "steps": config.pretrain.steps, "batch_size": config.pretrain.batch_size}
+        start = {"kind": "pretrained on the public data in this run"}
+    else:
+        start = {"kind": "random initialisation"}
+    training_levels(config.diffusion)  # checks the noise-level settings
+    return {"config": config.to_dict(), "method": config.method,
+            "model": {"parameters": count_parameters(model), "parameterisation": config.diffusion.parameterisation},
+            "dataset": {"name": config.data.name, "split": "train", "size": size},
+            "stages": {"public": public, "private": describe_data(config.data, size), "start": start,
+                       "trainable_parameters": apply_freezing(model, config)},
+            "privacy": run_plan.to_dict()}
+
+
+def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, run_dir: str | Path, *,
+          resume: bool = False, progress: bool = True, allow_non_private: bool = False,
+          secret_seed: int | None = None) -> Trainer:
     """Train (or resume) a run in ``run_dir`` to its planned steps: from a random initialisation (DPDM), or from
-    public pretraining or a checkpoint (``methods.finetune``). The run's config.json is written after training
-    starts cleanly (a folder that already holds another run is refused first)."""
+    public pretraining or a checkpoint (fine-tuning). The run's config.json is written after training starts
+    cleanly (a folder that already holds another run is refused first)."""
+    if isinstance(run_plan, PrivacyPlan):  # one DP-SGD stage with this plan (e.g. DP-SAD's teacher)
+        composed = ComposedPlan(((MAIN, dataclasses.replace(run_plan, target_epsilon=None)),),
+                                target_epsilon=run_plan.target_epsilon)
+        run_plan = RunPlan((Stage(MAIN, "private", run_plan),), composed, MAIN, run_plan)
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
     torch.manual_seed(config.training.seed)
-    start, network, provenance = start_model(config, run_dir, resume=resume, progress=progress)
+    start, network, public, begin = start_model(config, run_dir, delta=run_plan.main_plan.delta, resume=resume,
+                                                progress=progress, private=dataset)  # type: ignore[arg-type]
+    if begin.private_without_privacy and not allow_non_private:
+        raise ConfigError("finetune.init was trained on private data without privacy, so a release from it is not "
+                          "differentially private; pass --allow-non-private-start to run it anyway (its report says "
+                          "NOT private)")
     apply_freezing(start, config)
     model, loss = build(config, start)
-    settings = TrainSettings(**dataclasses.asdict(config.training), progress=progress)
     planned = getattr(dataset, "planned_size", len(dataset))
-    provenance = {"private": describe_data(config.data, planned), **provenance}
+    provenance: dict[str, Any] = {"private": describe_data(config.data, planned), "public": public or None,
+                                  "start": begin.to_dict()}
     drawn = getattr(dataset, "canaries_drawn", 0)
     if drawn:  # how many canaries were drawn is public; which (and how many) went in is not
         provenance["audit_canaries"] = {"drawn": drawn,
                                         "note": "random binary images added with probability 1/2 each (audit)"}
-    trainer = Trainer(model, loss, dataset, plan=plan, run_dir=run_dir, performance=config.performance,
-                      settings=settings, config=config.to_dict(), provenance=provenance, network=network)
+    trainer = Trainer(model, loss, dataset, plan=run_plan.main_plan, run_dir=run_dir, performance=config.performance,
+                      training=config.training, secret_seed=secret_seed, progress=progress, config=config.to_dict(),
+                      provenance=provenance, network=network, composed=run_plan.composed, stages=run_plan.stages,
+                      method="DPDM" if begin.kind == "random initialisation" else "DP fine-tuning",
+                      not_private=NOT_PRIVATE_START if begin.private_without_privacy else None)
     trainer.fit(resume=resume)
     if trainer.world.is_main:
-        write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
+        write_json_atomic(RunFolder(run_dir).config, config.to_dict())
     return trainer
+
+
+__all__ = ["Start", "build", "describe", "plan", "train"]

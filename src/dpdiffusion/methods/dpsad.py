@@ -7,7 +7,7 @@ the output is evaluated at noised private images, so neither step is post-proces
 reads private data is DP-SGD on the whole per-example loss:
 
 - teacher ``dp``: trained first with DP-SGD on the private data (``RUN_DIR/teacher/``, a run of its own);
-  ``public``: the start model of ``methods.finetune`` (public pretraining or a given checkpoint);
+  ``public``: the start model of ``methods.start`` (public pretraining or a given checkpoint);
   ``none``: plain training on the private data -- the paper's setting, allowed only when asked for, and its
   report says in plain words that the release is not differentially private end to end;
 - student: per-example loss w ||S(x_r) - T(x_r)||^2 + w ||S(x_r) - x||^2 + lambda * adversarial, clipped to C;
@@ -28,19 +28,21 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from dpdiffusion import distributed
+from dpdiffusion.data.dataset import Dataset
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.noise_levels import KarrasLevels
 from dpdiffusion.diffusion.preconditioning import Precond
-from dpdiffusion.dpsgd.batch_selection import poisson_sample
-from dpdiffusion.dpsgd.step import DPSGD, StepReport
-from dpdiffusion.io import json_safe, write_json_atomic
+from dpdiffusion.dpsgd.mechanism import DPMechanism
+from dpdiffusion.dpsgd.step import StepReport
+from dpdiffusion.io import write_json_atomic
 from dpdiffusion.nets.discriminator import PairDiscriminator
 from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.privacy.composition import ComposedPlan
-from dpdiffusion.privacy.ledger import PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
+from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
-from dpdiffusion.training import Dataset, Trainer, TrainSettings, secret_seeds
+from dpdiffusion.stages import RunPlan, Stage, StageRecords
+from dpdiffusion.training import Trainer
 
 TEACHERS = ("dp", "public", "none")
 DISTANCES = {"l2": lambda a, b: (a - b).pow(2).flatten(1).mean(1), "l1": lambda a, b: (a - b).abs().flatten(1).mean(1)}
@@ -54,22 +56,27 @@ NOT_END_TO_END = (
 # -- per-example losses --------------------------------------------------------------------------------------------
 def draw_levels(batch: dict[str, torch.Tensor], generator: torch.Generator, levels: KarrasLevels, num_classes: int,
                 label_dropout: float) -> dict[str, torch.Tensor]:
-    """One level r, one noise and one label-dropout draw per example: the draws stay in the example's row."""
+    """One level r, one noise and one label-dropout draw per example, with the draws' K axis of size 1
+    (``[b, 1, ...]``, the per-example loss contract): the draws stay in the example's row."""
     x = batch["x"]
     b = x.shape[0]
-    draws = {"sigma": levels.sample((b,), generator), "noise": torch.randn(x.shape, generator=generator)}
+    draws = {"sigma": levels.sample((b, 1), generator), "noise": torch.randn((b, 1, *x.shape[1:]), generator=generator)}
     if num_classes:
-        draws["keep_label"] = torch.rand(b, generator=generator) >= label_dropout
+        draws["keep_label"] = torch.rand((b, 1), generator=generator) >= label_dropout
     return {name: t.to(x.device) for name, t in draws.items()}
 
 
 def noised(batch, draws, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """x_r = x + r * noise for the example's one draw (K = 1), its level r and its label (or "no label")."""
+    multiplicity = {v.shape[1] for v in draws.values()}
+    if multiplicity != {1}:
+        raise ValueError(f"DP-SAD takes one draw per example (K = 1), got K = {sorted(multiplicity)}")
     x = batch["x"]
-    sigma = draws["sigma"].to(x.dtype)
+    sigma = draws["sigma"][:, 0].to(x.dtype)
     labels = None
     if num_classes:
-        labels = torch.where(draws["keep_label"], batch["y"], torch.full_like(batch["y"], num_classes))
-    return x + sigma.view(-1, 1, 1, 1) * draws["noise"].to(x.dtype), sigma, labels
+        labels = torch.where(draws["keep_label"][:, 0], batch["y"], torch.full_like(batch["y"], num_classes))
+    return x + sigma.view(-1, 1, 1, 1) * draws["noise"][:, 0].to(x.dtype), sigma, labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +178,31 @@ def resolve_dpsad_plan(config: RunConfig, dataset_size: int) -> ComposedPlan:
     return ComposedPlan.calibrated(target_epsilon=p.target_epsilon, parts=parts)
 
 
+def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = False) -> RunPlan:
+    """Teacher, student and discriminator as the run's stages, their events composed in one plan."""
+    composed = resolve_dpsad_plan(config, dataset_size)  # a non-private teacher is refused at training, not here
+    stages = (teacher_stage(config, composed), Stage("student", "private", composed.plan("student")),
+              Stage("discriminator", "private", composed.plan("discriminator")))
+    return RunPlan(stages, composed, "student", composed.plan("student"))
+
+
+def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str, Any]:
+    """What ``train --dry-run`` shows for DP-SAD."""
+    from dpdiffusion.nets.unet import count_parameters
+
+    summary: dict[str, Any] = {
+        "config": config.to_dict(),
+        "method": "dpsad",
+        "teacher": {"mode": config.dpsad.teacher, "end_to_end_private": config.dpsad.teacher != "none"},
+        "student": {"parameters": count_parameters(build_denoiser(student_model(config), config.diffusion))},
+        "dataset": {"name": config.data.name, "split": "train", "size": len(dataset)},
+        "privacy": {**run_plan.to_dict(), "total_epsilon": run_plan.composed.planned_epsilon},
+    }
+    if config.dpsad.teacher == "none":
+        summary["teacher"]["warning"] = NOT_END_TO_END
+    return summary
+
+
 # -- the models ----------------------------------------------------------------------------------------------------
 def student_model(config: RunConfig) -> UNetConfig:
     d = config.dpsad
@@ -179,19 +211,39 @@ def student_model(config: RunConfig) -> UNetConfig:
     return dataclasses.replace(config.model, **changes)
 
 
+def teacher_stage(config: RunConfig, plan: ComposedPlan) -> Stage:
+    """The teacher as a stage of the run: what it reads, its DP plan (dp mode) and the settings it depends on."""
+    d = config.dpsad
+    settings = {**flat_settings("model", config.model), **flat_settings("diffusion", config.diffusion),
+                "training.seed": config.training.seed, "dpsad.teacher": d.teacher}
+    if d.teacher == "public":
+        return Stage("teacher", "public" if config.pretrain.data is not None else "nothing", settings=settings)
+    settings.update({f"dpsad.{k}": getattr(d, k) for k in ("teacher_lr", "teacher_ema_decay", "teacher_batch_size",
+                                                          "teacher_steps", "teacher_multiplicity")})
+    if d.teacher == "dp":
+        return Stage("teacher", "private", plan.plan("teacher"), settings=settings)
+    return Stage("teacher", "private-without-privacy", settings=settings)
+
+
 def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_dir: Path, *, resume: bool,
                   allow_non_private_teacher: bool, progress: bool) -> tuple[Precond, dict[str, Any]]:
-    """The frozen teacher for the configured mode, and its description for the privacy report."""
+    """The frozen teacher for the configured mode, and its description for the privacy report. A finished
+    teacher is reused on resume only if its recorded plan, settings and weights match (``stages``)."""
     from dpdiffusion.diffusion.generate import load_model_file
-    from dpdiffusion.methods import dpdm, finetune
+    from dpdiffusion.methods import dpdm
+    from dpdiffusion.methods.pretrain import pretrain
+    from dpdiffusion.methods.start import describe_data, start_model
 
     mode, d = config.dpsad.teacher, config.dpsad
-    folder = run_dir / "teacher"
+    run, records, stage = RunFolder(run_dir), StageRecords(RunFolder(run_dir)), teacher_stage(config, plan)
     if mode == "public":
         if config.pretrain.data is None and not config.finetune.init:
             raise ConfigError("dpsad.teacher: public needs pretrain.data (public data) or finetune.init (a checkpoint)")
-        teacher, _, provenance = finetune.start_model(config, run_dir, resume=resume, progress=progress)
-        described = {"mode": "public", **provenance}
+        teacher, _, public, begin = start_model(config, run_dir, delta=plan.delta, resume=resume, progress=progress,
+                                                private=dataset)  # type: ignore[arg-type]
+        if begin.dp_parts or begin.private_without_privacy:
+            raise ConfigError("dpsad.teacher: public needs a public start; finetune.init was trained on private data")
+        described: dict[str, Any] = {"mode": "public", "public": public or None, "start": begin.to_dict()}
     elif mode == "dp":
         teacher_plan = plan.plan("teacher")
         teacher_config = dataclasses.replace(
@@ -199,148 +251,113 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
                 config.privacy, batch_size=d.teacher_batch_size, steps=d.teacher_steps, epochs=None,
                 multiplicity=d.teacher_multiplicity, noise_multiplier=teacher_plan.noise_multiplier, target_epsilon=None),
             training=dataclasses.replace(config.training, lr=d.teacher_lr, ema_decay=d.teacher_ema_decay))
-        weights = folder / "release" / "model.safetensors"
-        if not weights.is_file():
-            dpdm.train(teacher_config, dataset, teacher_plan, folder, resume=resume and folder.exists(),
+        weights = RunFolder(run.teacher).model_weights
+        if weights.is_file():
+            records.check_reusable(stage, weights)
+        else:
+            dpdm.train(teacher_config, dataset, teacher_plan, run.teacher, resume=resume and run.teacher.exists(),
                        progress=progress)
+            if distributed.current().is_main:
+                records.finished(stage, weights)
         teacher = load_model_file(weights)[0]
-        described = {"mode": "dp", "run": str(folder), "steps": teacher_plan.steps}
+        described = {"mode": "dp", "run": str(run.teacher), "steps": teacher_plan.steps}
     else:
         if not allow_non_private_teacher:
             raise ConfigError("dpsad.teacher: none trains the teacher on the private data without privacy, so the "
                               "release is not differentially private; pass --allow-non-private-teacher to run it anyway")
-        weights = folder / "model.safetensors"
+        weights = run.teacher / "model.safetensors"
+        if weights.is_file():
+            records.check_reusable(stage, weights)
         plain = dataclasses.replace(config, pretrain=PretrainConfig(
             data=config.data, steps=d.teacher_steps, batch_size=d.teacher_batch_size, lr=d.teacher_lr,
             ema_decay=d.teacher_ema_decay))
-        distributed.made_once(weights, lambda: finetune.pretrain(
+        made = distributed.made_once(weights, lambda: pretrain(
             build_denoiser(config.model, config.diffusion), plain, dataset, weights,
-            trained_on={"private_without_privacy": finetune.describe_data(config.data, len(dataset))},
+            trained_on={"private_without_privacy": describe_data(config.data, len(dataset))},
             progress=progress, desc="teacher (no privacy)"), distributed.current())
+        if made and distributed.current().is_main:
+            records.finished(stage, weights)
         teacher = load_model_file(weights)[0]
         described = {"mode": "none", "path": str(weights), "warning": NOT_END_TO_END}
     return teacher.eval().requires_grad_(False), described
 
 
+def flat_settings(section: str, settings: Any) -> dict[str, Any]:
+    return {f"{section}.{k}": v for k, v in dataclasses.asdict(settings).items()}
+
+
 # -- training ------------------------------------------------------------------------------------------------------
 class DPSADTrainer(Trainer):
-    """The student's DP-SGD (the base trainer) plus the discriminator's, each with its own Poisson batches,
-    noise, optimizer and ledger; checkpoints hold both; the report composes every mechanism."""
+    """Two DP mechanisms on the private data -- the student's (the base trainer's) and the discriminator's, each
+    with its own Poisson batches, noise, optimizer and ledger; checkpoints hold both; the report composes every
+    DP stage (a DP teacher included)."""
 
     def __init__(self, student: Precond, teacher: Precond, config: RunConfig, dataset: Dataset, plan: ComposedPlan, *,
-                 run_dir: Path, teacher_info: dict[str, Any], settings: TrainSettings, provenance: dict[str, Any]):
+                 run_dir: Path, teacher_info: dict[str, Any], stages: list[Stage], provenance: dict[str, Any],
+                 secret_seed: int | None = None, progress: bool = True):
         d = config.dpsad
         levels = KarrasLevels(d.timesteps)
         classes, dropout = config.model.num_classes, config.diffusion.label_dropout
         self.discriminator = PairDiscriminator(d.discriminator, in_channels=config.model.in_channels, num_classes=classes)
-        self.composed, self.teacher_info = plan, teacher_info
-        self._epsilon_cache: dict[tuple, float] = {}
+        self.teacher_info = teacher_info
         loss = StudentLoss(student, teacher, self.discriminator, levels, d.adversarial_weight, classes, dropout,
                            d.distance)
         release_config = dataclasses.replace(config, model=student_model(config))
         super().__init__(student, loss, dataset, plan=plan.plan("student"), run_dir=run_dir,
-                         performance=config.performance, settings=settings, config=release_config.to_dict(),
-                         provenance=provenance)
+                         performance=config.performance, training=config.training, secret_seed=secret_seed,
+                         progress=progress, config=release_config.to_dict(), provenance=provenance, composed=plan,
+                         stages=stages, method="DP-SAD", main="student")
         teacher.to(self.device)
         self.discriminator.to(self.device)
-        seed = None if settings.secret_seed is None else settings.secret_seed + 1
-        disc_sampling, disc_noise = distributed.broadcast_ints(list(secret_seeds(seed)), self.world)
-        self.disc_sampling_generator = torch.Generator().manual_seed(disc_sampling)
-        self.disc_noise_generator = torch.Generator().manual_seed(disc_noise + self.world.rank)
-        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.discriminator_lr, betas=(0.5, 0.999))
-        self.disc_ledger = PrivacyLedger(plan.plan("discriminator"))
+        disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.discriminator_lr, betas=(0.5, 0.999))
         disc_loss = DiscriminatorLoss(student, teacher, levels, classes, dropout)
-        self.disc_dp = DPSGD(self.discriminator, disc_loss, self.disc_optimizer, ledger=self.disc_ledger,
-                             performance=config.performance, draw_seed=settings.seed + 1,
-                             noise_generator=self.disc_noise_generator, world=self.world)
+        self.mechanisms["discriminator"] = DPMechanism(
+            self.discriminator, disc_loss, dataset, plan=plan.plan("discriminator"), optimizer=disc_optimizer,
+            draw_seed=config.training.seed + 1, secret_seed=None if secret_seed is None else secret_seed + 1,
+            performance=config.performance, world=self.world, device=self.device, key="disc_")
         self.discriminator_steps = d.discriminator_steps
 
     def step(self) -> StepReport:
         for _ in range(self.discriminator_steps):
-            indices = poisson_sample(len(self.dataset), self.disc_ledger.plan.sample_rate,
-                                     generator=self.disc_sampling_generator)
-            batch, first = self.share(indices)
-            self.disc_dp.step(batch, first_block=first)
+            self.mechanisms["discriminator"].step()
         return super().step()
 
-    def trained_modules(self) -> list[torch.nn.Module]:
-        return [self.model, self.discriminator]
+    def trained_modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model, "disc": self.discriminator}
 
-    def generators(self) -> dict[str, torch.Generator]:
-        return {**super().generators(), "disc_sampling": self.disc_sampling_generator,
-                "disc_noise": self.disc_noise_generator}
-
-    def extra_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        from dpdiffusion.checkpoint import flatten_state
-
-        for name, t in self.discriminator.state_dict().items():
-            tensors[f"disc.{name}"] = t
-        return {"disc_ledger": self.disc_ledger.state_dict(),
-                "disc_optimizer": flatten_state("disc_optimizer", self.disc_optimizer.state_dict(), tensors)}
-
-    def load_extra(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        from dpdiffusion.checkpoint import unflatten_state
-
-        self.disc_ledger.load_state_dict(meta["disc_ledger"])
-        self.discriminator.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
-        self.disc_optimizer.load_state_dict(unflatten_state(meta["disc_optimizer"], tensors))
-
-    def steps_taken(self) -> dict[str, int]:
-        steps = {"student": self.ledger.steps_taken, "discriminator": self.disc_ledger.steps_taken}
-        if "teacher" in dict(self.composed.parts):
-            steps["teacher"] = self.composed.plan("teacher").steps  # trained to the end before the student
-        return steps
-
-    def epsilon(self, steps: dict[str, int]) -> float:
-        key = tuple(sorted(steps.items()))
-        if key not in self._epsilon_cache:
-            self._epsilon_cache[key] = self.composed.epsilon(steps)
-        return self._epsilon_cache[key]
-
-    def epsilon_spent(self) -> float:
-        return self.epsilon(self.steps_taken())
+    def not_private(self) -> str | None:
+        return NOT_END_TO_END if self.teacher_info["mode"] == "none" else None
 
     def privacy_report(self) -> dict[str, Any]:
-        end_to_end = self.teacher_info["mode"] != "none"
-        planned = {name: plan.steps for name, plan in self.composed.parts}
-        report = {
-            "private": end_to_end,
-            "method": "DP-SAD",
-            "teacher": self.teacher_info,
-            "plan": self.composed.to_dict(),
-            "planned_epsilon": self.epsilon(planned),
-            "spent": {"epsilon": self.epsilon_spent(), "delta": self.composed.delta, "steps": self.steps_taken()},
-            "mechanism": "Poisson-subsampled Gaussian (DP-SGD) per part -- " + ", ".join(planned) +
-                         " -- composed by the accountant; add/remove-one adjacency",
-            "accountant": self.composed.accountant,
-            **written_with(),
-        }
-        if not end_to_end:
-            report["warning"] = NOT_END_TO_END
-        return json_safe({**report, **({"data": self.provenance} if self.provenance else {})})
+        return {**super().privacy_report(), "teacher": self.teacher_info}
 
 
-def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_dir: str | Path, *, resume: bool = False,
-          allow_non_private_teacher: bool = False, progress: bool = True) -> DPSADTrainer:
+def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan | RunPlan, run_dir: str | Path, *,
+          resume: bool = False, allow_non_private: bool = False, progress: bool = True,
+          secret_seed: int | None = None) -> DPSADTrainer:
     """Teacher (per its mode), then the student and the discriminator to the planned steps; the release is the
     student's EMA weights with the composed privacy report."""
-    from dpdiffusion.methods.finetune import describe_data
+    from dpdiffusion.methods.start import describe_data
 
     run_dir = Path(run_dir)
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
-    if not resume and ((run_dir / "owner").exists() or (run_dir / "release").exists() or (run_dir / "teacher").exists()):
+    run = RunFolder(run_dir)
+    if not resume and (run.owner.exists() or run.release.exists() or run.teacher.exists()):
         raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or pick another folder")
+    if isinstance(plan, RunPlan):
+        plan = plan.composed
     torch.manual_seed(config.training.seed)
     teacher, teacher_info = build_teacher(config, dataset, plan, run_dir, resume=resume,
-                                          allow_non_private_teacher=allow_non_private_teacher, progress=progress)
+                                          allow_non_private_teacher=allow_non_private, progress=progress)
     student = build_denoiser(student_model(config), config.diffusion)
-    settings = TrainSettings(**dataclasses.asdict(config.training), progress=progress)
     provenance = {"private": describe_data(config.data, len(dataset)),
                   "public": teacher_info.get("public"), "start": {"kind": "random initialisation"}}
+    stages = [teacher_stage(config, plan), Stage("student", "private", plan.plan("student")),
+              Stage("discriminator", "private", plan.plan("discriminator"))]
     trainer = DPSADTrainer(student, teacher, config, dataset, plan, run_dir=run_dir, teacher_info=teacher_info,
-                           settings=settings, provenance=provenance)
+                           stages=stages, provenance=provenance, secret_seed=secret_seed, progress=progress)
     trainer.fit(resume=resume)
     if trainer.world.is_main:
-        write_json_atomic(run_dir / "config.json", config.to_dict())
+        write_json_atomic(run.config, config.to_dict())
     return trainer

@@ -1,0 +1,113 @@
+"""One DP-SGD mechanism: everything between the private dataset and a released update.
+
+``DPMechanism`` owns Poisson batch selection at its public rate q, its secret generators (sampling and noise),
+the per-example engine, clipping, the noise (added once), the division by the public expected batch size B, the
+optimizer step and its ledger. Each ``step()`` is one Poisson-subsampled Gaussian mechanism on the dataset;
+``dp_event()`` is its dp_accounting event over its steps, which a run's plan composes with its other stages'.
+A method with two models trained on private data (DP-SAD's student and discriminator) has two mechanisms.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import dp_accounting
+import numpy as np
+import torch
+from torch import nn
+
+from dpdiffusion import distributed
+from dpdiffusion.checkpoint import flatten_state, unflatten_state
+from dpdiffusion.config import Performance
+from dpdiffusion.data.dataset import Batch, Dataset
+from dpdiffusion.dpsgd.batch_selection import poisson_sample
+from dpdiffusion.dpsgd.per_example import PerExampleLoss
+from dpdiffusion.dpsgd.step import DPSGD, StepReport
+from dpdiffusion.privacy.accounting import SampledGaussian
+from dpdiffusion.privacy.ledger import PrivacyLedger
+from dpdiffusion.privacy.plan import PrivacyPlan
+
+
+def secret_seeds(secret_seed: int | None) -> tuple[int, int]:
+    """Independent seeds for Poisson sampling and for the DP noise: fresh OS entropy, or derived from a
+    fixed ``secret_seed`` (reproducibility tests). torch's CPU generator keeps 32 bits of a seed."""
+    if secret_seed is None:
+        return secrets.randbits(32), secrets.randbits(32)
+    sampling, noise = np.random.SeedSequence(secret_seed).generate_state(2)
+    return int(sampling), int(noise)
+
+
+class DPMechanism:
+    """DP-SGD updates of ``model`` on ``dataset`` under ``plan``.
+
+    ``draw_seed``: public seed of the loss's draws; ``secret_seed``: None (fresh OS entropy, kept only in the
+    owner's checkpoints) except in reproducibility tests; ``key``: the prefix of this mechanism's entries in a
+    checkpoint ("" for a run's main mechanism). Every rank draws the same global Poisson batches (rank 0's
+    secret seed, broadcast); only rank 0 adds noise."""
+
+    def __init__(self, model: nn.Module, loss: PerExampleLoss, dataset: Dataset, *, plan: PrivacyPlan,
+                 optimizer: torch.optim.Optimizer, draw_seed: int, secret_seed: int | None = None,
+                 performance: Performance = Performance(), world: distributed.World | None = None,
+                 device: torch.device | None = None, key: str = ""):
+        planned = getattr(dataset, "planned_size", len(dataset))  # audit canaries come on top of the plan's N
+        if planned != plan.dataset_size:
+            raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {planned}")
+        self.model, self.dataset, self.plan, self.key = model, dataset, plan, key
+        self.world = world or distributed.current()
+        self.device = device or torch.device("cpu")
+        sampling_seed, noise_seed = distributed.broadcast_ints(list(secret_seeds(secret_seed)), self.world)
+        self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
+        self.noise_generator = torch.Generator().manual_seed(noise_seed + self.world.rank)
+        self.optimizer = optimizer
+        self.ledger = PrivacyLedger(plan)
+        self.dp = DPSGD(model, loss, optimizer, ledger=self.ledger, performance=performance, draw_seed=draw_seed,
+                        noise_generator=self.noise_generator, world=self.world)
+        self.input_shape: tuple[int, ...] | None = None  # public: the data's image shape, set by the first step
+
+    @property
+    def steps_taken(self) -> int:
+        return self.ledger.steps_taken
+
+    def share(self, indices: torch.Tensor) -> tuple[Batch, int]:
+        """This rank's share of a global Poisson batch (a contiguous run of its blocks), on the training
+        device, and the index of its first block."""
+        first, last = distributed.block_range(len(indices), self.world)
+        mine = indices[first * distributed.DRAW_BLOCK:last * distributed.DRAW_BLOCK]
+        return {k: v.to(self.device) for k, v in self.dataset.batch(mine).items()}, first
+
+    def step(self) -> StepReport:
+        """Select a Poisson batch at rate q, then one DP-SGD update on it (clip, noise once, / B, optimizer)."""
+        indices = poisson_sample(len(self.dataset), self.plan.sample_rate, generator=self.sampling_generator)
+        batch, first = self.share(indices)
+        self.input_shape = tuple(batch["x"].shape[1:])
+        return self.dp.step(batch, first_block=first)
+
+    def event(self, steps: int | None = None) -> SampledGaussian:
+        """Its Poisson-sampled Gaussian over ``steps`` steps (default: all planned)."""
+        return SampledGaussian(self.plan.noise_multiplier, self.plan.sample_rate,
+                               self.plan.steps if steps is None else steps)
+
+    def dp_event(self, steps: int | None = None) -> dp_accounting.DpEvent:
+        return self.event(steps).dp_event()
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {f"{self.key}sampling": self.sampling_generator, f"{self.key}noise": self.noise_generator}
+
+    def state_dict(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Add the secret generators' states and the optimizer's tensors to ``tensors``; return the metadata
+        (ledger, optimizer layout). Owner-side only: the generator states are secret."""
+        for name, g in self.generators().items():
+            tensors[f"rng.{name}"] = g.get_state()
+        return {f"{self.key}ledger": self.ledger.state_dict(),
+                f"{self.key}optimizer": flatten_state(f"{self.key}optimizer", self.optimizer.state_dict(), tensors)}
+
+    def load_ledger(self, meta: dict[str, Any]) -> None:
+        """First of a load: refuses a checkpoint with other privacy settings before anything changes."""
+        self.ledger.load_state_dict(meta[f"{self.key}ledger"])
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.load_ledger(meta)
+        self.optimizer.load_state_dict(unflatten_state(meta[f"{self.key}optimizer"], tensors))
+        for name, g in self.generators().items():
+            g.set_state(tensors[f"rng.{name}"])
