@@ -47,7 +47,7 @@ def neighbouring_batches(generator, n=6):
     return {"x": x, "y": torch.arange(n) % 10}
 
 
-@pytest.mark.parametrize("engine", ["layerwise", "vmap"])
+@pytest.mark.parametrize("engine", ["layerwise", "vmap", "opacus"])  # opacus needs the draws' K axis
 @pytest.mark.parametrize("which", ["student", "discriminator"])
 def test_each_step_has_sensitivity_c_on_neighbouring_datasets(config, engine, which):
     """Every example's gradient depends on that example only (teacher and the other model fixed), so adding
