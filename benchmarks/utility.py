@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict:
         "run_dir": str(run_dir), "reused_run": trained["reused"],
         "privacy": {"epsilon": privacy.get("spent", {}).get("epsilon"), "delta": plan.get("delta"),
                     "sample_rate": plan.get("sample_rate"), "noise_multiplier": plan.get("noise_multiplier"),
-                    "steps": plan.get("steps"), "batch_size": plan.get("batch_size"),
+                    "steps": plan.get("steps"), "batch_size": plan.get("expected_batch_size"),
                     "multiplicity": plan.get("multiplicity"), "max_grad_norm": plan.get("max_grad_norm"),
                     "accountant": privacy.get("accountant"), "private": privacy.get("private")},
         "model": {"parameters": sum(p.numel() for p in model.parameters()),
