@@ -89,3 +89,27 @@ def test_an_unquoted_colon_value_gets_a_hint_to_quote_it():
     with pytest.raises(ConfigError, match="quote text that holds ':'"):
         load_config("digits-eps10-cpu", ["data.subset=400:"])
     assert load_config("digits-eps10-cpu", ["data.subset='400:'"]).data.subset == "400:"
+
+
+def test_enum_like_settings_are_literals_checked_when_the_config_loads():
+    import dataclasses
+    import typing
+
+    from dpdiffusion.methods import METHODS, dpsad
+    from dpdiffusion.privacy import ACCOUNTANTS
+    from dpdiffusion.runconfig import DPSADConfig, FinetuneConfig, PrivacyConfig
+
+    def choices(cls, name):
+        hints = typing.get_type_hints(cls)
+        return set(typing.get_args(hints[name]))
+
+    assert choices(RunConfig, "method") == set(METHODS)
+    assert choices(PrivacyConfig, "accountant") == set(ACCOUNTANTS)
+    assert choices(DPSADConfig, "teacher") == set(dpsad.TEACHERS)
+    assert choices(DPSADConfig, "distance") == set(dpsad.DISTANCES)
+    assert choices(FinetuneConfig, "init_private_data") == {"same", "other"}
+    assert dataclasses.fields(RunConfig)  # frozen dataclasses all the way down
+    for key, value in [("method", "dpsd"), ("privacy.accountant", "rpd"), ("dpsad.teacher", "private"),
+                       ("finetune.init_private_data", "maybe")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config("mnist-eps10-cpu", [f"{key}={value}"])

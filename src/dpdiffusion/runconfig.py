@@ -67,7 +67,7 @@ class PrivacyConfig:
     steps: int | None = None
     max_grad_norm: float = 1.0
     multiplicity: int = 1
-    accountant: str = "prv"
+    accountant: Literal["prv", "pld", "rdp"] = "prv"  # privacy.accounting.ACCOUNTANTS
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,10 @@ class DPSADConfig:
     with a discriminator. Every mechanism that reads private data is DP-SGD; their composition meets
     ``privacy.target_epsilon``, which the ``privacy`` section's batch size, steps and C give to the student."""
 
-    teacher: str = "dp"  # dp: DP-SGD on the private data here | public: pretrain.data or finetune.init | none
+    teacher: Literal["dp", "public", "none"] = "dp"  # dp: DP-SGD on the private data here | public: pretrain.data or finetune.init | none
     timesteps: int = 500  # T: r is one of T levels of the sampling schedule
     adversarial_weight: float = 1.0  # lambda
-    distance: str = "l2"  # of the student's output to the teacher's and to the clean image: l2 (the paper) or l1
+    distance: Literal["l2", "l1"] = "l2"  # of the student's output to the teacher's and to the clean image: l2 (the paper) or l1
     student_model_channels: int | None = None  # the student is ``model`` with these two changed (None: same)
     student_num_blocks: int | None = None
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
