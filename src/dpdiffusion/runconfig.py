@@ -136,7 +136,8 @@ class DPSADConfig:
     with a discriminator. Every mechanism that reads private data is DP-SGD; their composition meets
     ``privacy.target_epsilon``, which the ``privacy`` section's batch size, steps and C give to the student."""
 
-    teacher: Literal["dp", "public", "none"] = "dp"  # dp: DP-SGD on the private data here | public: pretrain.data or finetune.init | none
+    # dp: DP-SGD on the private data here | public: pretrain.data or finetune.init | none
+    teacher: Literal["dp", "public", "none"] = "dp"
     timesteps: int = 500  # T: r is one of T levels of the sampling schedule
     adversarial_weight: float = 1.0  # lambda
     distance: Literal["l2", "l1"] = "l2"  # of the student's output to the teacher's and to the clean image: l2 (the paper) or l1

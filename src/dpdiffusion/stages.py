@@ -120,6 +120,11 @@ class RunPlan:
     main: str
     main_plan: PrivacyPlan
 
+    @classmethod
+    def single(cls, name: str, plan: PrivacyPlan, before: tuple[Stage, ...] = ()) -> RunPlan:
+        """``before`` (stages without a DP event), then one DP stage ``name`` with ``plan``."""
+        return cls((*before, Stage(name, "private", plan)), ComposedPlan.single(name, plan), name, plan)
+
     @property
     def planned_epsilon(self) -> float:
         return self.main_plan.planned_epsilon if len(self.composed.parts) == 1 else self.composed.planned_epsilon

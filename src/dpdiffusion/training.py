@@ -9,6 +9,7 @@ between the private data and an update is a ``DPMechanism`` (``dpsgd.mechanism``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -89,7 +90,7 @@ class Trainer:
         self.world = world or distributed.current()
         self.device = performance.resolve_device(self.world)
         model.to(self.device)
-        self.composed = composed or ComposedPlan(((main, _without_target(plan)),), target_epsilon=plan.target_epsilon)
+        self.composed = composed or ComposedPlan.single(main, plan)
         self.stages = list(stages) or [Stage(main, "private", plan)]
         self.fingerprint = fingerprint(dataset)
         self.ema = EMA(model, training.ema_decay)  # before the engine hooks the model, so the copy stays plain
@@ -247,14 +248,25 @@ class Trainer:
         return {name: (self.mechanisms[name].steps_taken if name in self.mechanisms else plan.steps)
                 for name, plan in self.composed.parts}
 
-    def epsilon_spent(self) -> float:
-        steps = self.steps_taken()
-        if len(self.composed.parts) == 1:
-            return self.ledger.epsilon_spent()
+    def composed_epsilon(self, steps: dict[str, int]) -> float:
+        """The plan's total epsilon after ``steps`` of each stage (one accountant call per distinct ``steps``)."""
         key = tuple(sorted(steps.items()))
         if key not in self._epsilon_cache:
             self._epsilon_cache[key] = self.composed.epsilon(steps)
         return self._epsilon_cache[key]
+
+    def epsilon_spent(self) -> float:
+        if len(self.composed.parts) == 1:
+            return self.ledger.epsilon_spent()
+        return self.composed_epsilon(self.steps_taken())
+
+    @functools.cached_property
+    def described_stages(self) -> list[dict[str, Any]]:
+        """Every stage with its share and output hash: fixed for the run (earlier stages finished before it),
+        so the accountant is asked once, not at every checkpoint."""
+        records = StageRecords(self.run).load()
+        return [stage.describe(self.composed if stage.plan else None, records.get(stage.name, {}).get("sha256"))
+                for stage in self.stages]
 
     def not_private(self) -> str | None:
         """Why the release is NOT differentially private end to end, if it is not (said in its report)."""
@@ -266,16 +278,14 @@ class Trainer:
             report = self.ledger.report()
         else:
             planned = {name: plan.steps for name, plan in self.composed.parts}
-            report = {"private": True, "plan": self.composed.to_dict(), "planned_epsilon": self.composed.epsilon(planned),
+            report = {"private": True, "plan": self.composed.to_dict(), "planned_epsilon": self.composed_epsilon(planned),
                       "spent": {"epsilon": self.epsilon_spent(), "delta": self.composed.delta,
                                 "steps": self.steps_taken()},
                       "mechanism": "Poisson-subsampled Gaussian (DP-SGD) per DP stage, composed by the accountant; "
                                    "add/remove-one adjacency",
                       "accountant": self.composed.accountant, **written_with()}
-        records = StageRecords(self.run)
         report["method"] = self.method
-        report["stages"] = [stage.describe(self.composed if stage.plan else None, records.sha256(stage.name))
-                            for stage in self.stages]
+        report["stages"] = self.described_stages
         reason = self.not_private()
         if reason:
             report["private"], report["warning"] = False, reason
@@ -283,16 +293,12 @@ class Trainer:
 
     def release(self) -> None:
         """Write what may leave the data owner: the EMA weights and the privacy report."""
-        header = {"config": self.config, "privacy": self.privacy_report()}
+        privacy = self.privacy_report()
+        header = {"config": self.config, "privacy": privacy}
         if self.network:
             header["network"] = self.network
         metadata = {"dpdiffusion": json.dumps(json_safe(header))}
         with atomic_write(self.run.model_weights) as f:
             f.write(save_tensors({k: v.contiguous().cpu() for k, v in self.ema.model.state_dict().items()}, metadata))
-        write_json_atomic(self.run.privacy_report, self.privacy_report())
+        write_json_atomic(self.run.privacy_report, privacy)
 
-
-def _without_target(plan: PrivacyPlan) -> PrivacyPlan:
-    from dataclasses import replace
-
-    return replace(plan, target_epsilon=None)

@@ -67,10 +67,7 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     elif start is not None and not start.dp_parts:
         stages.append(Stage("start", "nothing"))
     if start is None or not start.dp_parts:
-        stages.append(Stage(MAIN, "private", single))
-        composed = ComposedPlan(((MAIN, dataclasses.replace(single, target_epsilon=None)),),
-                                target_epsilon=single.target_epsilon)
-        return RunPlan(tuple(stages), composed, MAIN, single)
+        return RunPlan.single(MAIN, single, tuple(stages))
     stages += [Stage(name, "private", part, spent_before=True) for name, part in start.dp_parts]
     fixed = tuple(name for name, _ in start.dp_parts)
     draft = dataclasses.replace(single, target_epsilon=None)
@@ -121,9 +118,7 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     public pretraining or a checkpoint (fine-tuning). The run's config.json is written after training starts
     cleanly (a folder that already holds another run is refused first)."""
     if isinstance(run_plan, PrivacyPlan):  # one DP-SGD stage with this plan (e.g. DP-SAD's teacher)
-        composed = ComposedPlan(((MAIN, dataclasses.replace(run_plan, target_epsilon=None)),),
-                                target_epsilon=run_plan.target_epsilon)
-        run_plan = RunPlan((Stage(MAIN, "private", run_plan),), composed, MAIN, run_plan)
+        run_plan = RunPlan.single(MAIN, run_plan)
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
     torch.manual_seed(config.training.seed)

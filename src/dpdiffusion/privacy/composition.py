@@ -39,6 +39,11 @@ class ComposedPlan:
         if any(p.target_epsilon is not None for p in plans):
             raise PrivacyPlanError("the parts of a composed plan have no targets of their own: the total has one")
 
+    @classmethod
+    def single(cls, name: str, plan: PrivacyPlan) -> ComposedPlan:
+        """One DP stage: ``plan`` as the only part, its target the total's."""
+        return cls(((name, dataclasses.replace(plan, target_epsilon=None)),), target_epsilon=plan.target_epsilon)
+
     @property
     def delta(self) -> float:
         return self.parts[0][1].delta
