@@ -1,17 +1,16 @@
-"""The training loop: DP mechanisms step -> EMA -> logs, checkpoints, the release and its privacy report.
+"""A DP run's training: ``Trainer`` is the loop (``loop.TrainingLoop``) with DP mechanisms as its updates, the
+run's release and its privacy report.
 
-``Trainer`` keeps what is not the mechanism: EMA, checkpoints, progress, logs and the release. Everything
-between the private data and an update is a ``DPMechanism`` (``dpsgd.mechanism``); the run's plan
-(``privacy.composition.ComposedPlan``) composes every DP stage's event, and the report lists the stages
-(``stages``). The run folder's layout is ``run_folder.RunFolder``.
+Everything between the private data and an update is a ``DPMechanism`` (``dpsgd.mechanism``); the loop keeps
+EMA, checkpoints, progress and logs; the run's plan (``privacy.composition.ComposedPlan``) composes every DP
+stage's event, and the report (``privacy.report.PrivacyReport``) lists the stages (``stages``). The run folder's
+layout is ``run_folder.RunFolder``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -20,18 +19,15 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
-from tqdm import tqdm
 
 from dpdiffusion import distributed
-from dpdiffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dpdiffusion.config import Performance
 from dpdiffusion.data.dataset import Dataset, fingerprint
-from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.dpsgd.mechanism import DPMechanism
 from dpdiffusion.dpsgd.per_example import PerExampleLoss
 from dpdiffusion.dpsgd.step import StepReport
-from dpdiffusion.ema import EMA
 from dpdiffusion.io import atomic_write, json_safe, write_json_atomic
+from dpdiffusion.loop import TrainingLoop
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.ledger import LedgerMismatchError, PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan
@@ -42,16 +38,11 @@ from dpdiffusion.stages import Stage, StageRecords
 MAIN = "dpsgd"  # the stage name of a run's main DP mechanism (DPDM, fine-tuning)
 
 
-class TrainingDiverged(RuntimeError):
-    """The weights stopped being finite after a DP step (a post-processing check: it reads only released-style
-    state, never un-noised private values)."""
-
-
 class ResumeError(LedgerMismatchError):
     """``--resume`` found a run that checkpointed or released, but no checkpoint it can load."""
 
 
-class Trainer:
+class Trainer(TrainingLoop):
     def __init__(
         self,
         model: nn.Module,
@@ -81,23 +72,23 @@ class Trainer:
         the owner's checkpoints) except for reproducibility tests. ``provenance``: which data was private and
         public and where training started; ``network``: what a release needs to rebuild a network that
         ``config`` does not describe; ``world``: this process's rank among the job's."""
-        self.model, self.loss, self.dataset, self.plan = model, loss, dataset, plan
-        self.performance, self.training, self.progress, self.config = performance, training, progress, config or {}
+        self.run = RunFolder(run_dir)
+        super().__init__(model, loss, total_steps=plan.steps, ema_decay=training.ema_decay,
+                         checkpoints=self.run.checkpoints, log=self.run.log, log_every=training.log_every,
+                         checkpoint_every=training.checkpoint_every, performance=performance, progress=progress,
+                         world=world)
+        self.dataset, self.plan, self.training, self.config = dataset, plan, training, config or {}
         self.secret_seed = secret_seed
         self.provenance, self.network, self.method = provenance or {}, network, method
         self._not_private = not_private
-        self.run = RunFolder(run_dir)
-        self.world = world or distributed.current()
-        self.device = performance.resolve_device(self.world)
-        model.to(self.device)
         self.composed = composed or ComposedPlan.single(main, plan)
         self.stages = list(stages) or [Stage(main, "private", plan)]
         self.fingerprint = fingerprint(dataset)
-        self.ema = EMA(model, training.ema_decay)  # before the engine hooks the model, so the copy stays plain
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
         self.mechanism = DPMechanism(model, loss, dataset, plan=plan, optimizer=optimizer, draw_seed=training.seed,
                                      secret_seed=secret_seed, performance=performance, world=self.world,
                                      device=self.device)
+        self.updates = self.mechanism
         self.mechanisms: dict[str, DPMechanism] = {main: self.mechanism}
         self._epsilon_cache: dict[tuple, float] = {}
 
@@ -110,60 +101,26 @@ class Trainer:
         return self.mechanism.optimizer
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def trained_modules(self) -> dict[str, nn.Module]:
-        """Checkpoint prefix -> module trained here (besides the EMA)."""
-        return {"model": self.model}
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors: dict[str, torch.Tensor] = {}
-        for prefix, module in {**self.trained_modules(), "ema": self.ema.model}.items():
-            for name, t in module.state_dict().items():
-                tensors[f"{prefix}.{name}"] = t.cpu()
+    def updates_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         meta: dict[str, Any] = {"data_sha256": self.fingerprint, "training": asdict(self.training),
                                 "performance": asdict(self.performance), "config": self.config}
         for mechanism in self.mechanisms.values():
             meta.update(mechanism.state_dict(tensors))
-        return tensors, meta
+        return meta
 
-    def check_finite(self) -> None:
-        """Stop before a non-finite state is checkpointed or released: non-finite weights, or a denoiser whose
-        output on a fixed public probe (zeros at noise level 1, the "no label" class) is not finite. Both read
-        only the weights, a function of noised updates, so the check spends no privacy; the last good checkpoint
-        stays."""
-        params = [p for module in self.trained_modules().values() for p in module.parameters()]
-        finite = not params or bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
-        shape = self.mechanism.input_shape
-        if finite and isinstance(self.model, Precond) and shape is not None:
-            training = self.model.training
-            self.model.eval()
-            with torch.no_grad():
-                probe = torch.zeros(1, *shape, device=params[0].device)
-                classes = getattr(self.loss, "num_classes", 0)  # conditional: the "no label" class of dropout
-                labels = torch.full((1,), classes, dtype=torch.long, device=probe.device) if classes else None
-                finite = bool(self.model(probe, torch.ones(1, device=probe.device), labels).isfinite().all())
-            self.model.train(training)
-        if not finite:
-            kept = self.run.checkpoint_files()
-            last = f"the last good checkpoint is {kept[0].name}" if kept else "no checkpoint was written"
-            raise TrainingDiverged(
-                f"training diverged at step {self.ledger.steps_taken}: the weights or the denoiser's output are no "
-                f"longer finite (NaN or inf); {last}; lower training.lr (or check the data) and resume")
+    def load_updates(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        for mechanism in self.mechanisms.values():
+            mechanism.load_state_dict(tensors, meta)
 
     def save(self) -> Path:
-        path = self.run.checkpoint_path(self.ledger.steps_taken)
-        save_checkpoint(path, *self.state())
+        path = super().save()
         write_json_atomic(self.run.privacy_report, self.privacy_report())
         return path
 
-    def load(self, path: Path) -> None:
-        tensors, meta = load_checkpoint(path)
+    def check_loadable(self, meta: dict[str, Any]) -> None:
         for mechanism in self.mechanisms.values():  # refuses changed privacy settings before anything else
-            mechanism.load_ledger(meta)
+            mechanism.check_loadable(meta)
         self.check_same_data(meta)
-        for prefix, module in {**self.trained_modules(), "ema": self.ema.model}.items():
-            module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
-        for mechanism in self.mechanisms.values():
-            mechanism.load_state_dict(tensors, meta)
 
     def check_same_data(self, meta: dict[str, Any]) -> None:
         """Refuse to resume on other training data than the run started on (same size or not)."""
@@ -179,15 +136,9 @@ class Trainer:
         """Load the newest checkpoint that passes its checks, reporting any skipped. A run that checkpointed or
         released but has no checkpoint that loads is refused: starting over would make a second release on the
         same data whose spend no report counts, and overwrite the first."""
-        skipped = 0
-        for path in self.run.checkpoint_files():
-            try:
-                self.load(path)
-                return path
-            except CheckpointError as error:
-                skipped += 1
-                if self.world.is_main:
-                    print(f"dpdiffusion: skipping checkpoint: {error}", flush=True)
+        path, skipped = self.load_newest()
+        if path is not None:
+            return path
         traces = self.run.traces_of_training()
         if traces:
             shown = ", ".join(traces[:3]) + (f" and {len(traces) - 3} more" if len(traces) > 3 else "")
@@ -197,49 +148,20 @@ class Trainer:
         return None
 
     # -- the loop ----------------------------------------------------------------------------------
-    def step(self) -> StepReport:
-        report = self.mechanism.step()
-        self.ema.update(self.model, self.ledger.steps_taken)
-        return report
+    def postfix(self, report: StepReport) -> dict[str, str]:
+        return {"eps": f"{self.epsilon_spent():.3g}", **super().postfix(report)}  # the accountant: visible bars only
+
+    def finish(self) -> None:
+        self.release()
 
     def fit(self, *, resume: bool = False, max_steps: int | None = None) -> PrivacyLedger:
-        """Train to the planned steps (or ``max_steps`` more of them), checkpointing along the way. Every rank
-        trains; rank 0 alone writes the log, the checkpoints and the release."""
+        """Train to the planned steps (or ``max_steps`` more of them), checkpointing along the way; release at
+        the end. Every rank trains; rank 0 alone writes the log, the checkpoints and the release."""
         if resume:
             self.resume()
         elif self.run.traces_of_training():
             raise FileExistsError(f"{self.run.root} already holds a run; resume it with --resume or pick another folder")
-        end = self.plan.steps if max_steps is None else min(self.plan.steps, self.ledger.steps_taken + max_steps)
-        main = self.world.is_main
-        bar = tqdm(total=self.plan.steps, initial=self.ledger.steps_taken, disable=not (self.progress and main),
-                   unit="step", dynamic_ncols=True)
-        window_images, window_start = 0, time.perf_counter()
-        if main:
-            self.run.owner.mkdir(parents=True, exist_ok=True)
-        with bar, (self.run.log.open("a") if main else contextlib.nullcontext()) as log:
-            while self.ledger.steps_taken < end:
-                report = self.step()
-                self.check_finite()
-                window_images += report.batch_size
-                bar.update(1)
-                step = self.ledger.steps_taken
-                if main and (step % self.training.log_every == 0 or step == end):
-                    elapsed = time.perf_counter() - window_start
-                    record = {**asdict(report), "images_per_s": window_images / max(elapsed, 1e-9)}
-                    del record["nonfinite"]  # counted in memory only, never logged
-                    assert log is not None  # opened on the main rank
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    if not bar.disable:  # the accountant is called only for a visible bar
-                        bar.set_postfix(eps=f"{self.epsilon_spent():.3g}",
-                                        loss=f"{report.loss_sum / max(report.batch_size, 1):.4g}",
-                                        img_s=f"{record['images_per_s']:.0f}")
-                    window_images, window_start = 0, time.perf_counter()
-                if main and (step % self.training.checkpoint_every == 0 or step == end):
-                    self.save()
-        if main and self.ledger.steps_taken == self.plan.steps:
-            self.release()
-        distributed.barrier(self.world)  # no rank leaves before rank 0 has written
+        self.train(max_steps)
         return self.ledger
 
     # -- privacy ------------------------------------------------------------------------------------

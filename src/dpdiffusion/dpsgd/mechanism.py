@@ -102,12 +102,12 @@ class DPMechanism:
         return {f"{self.key}ledger": self.ledger.state_dict(),
                 f"{self.key}optimizer": flatten_state(f"{self.key}optimizer", self.optimizer.state_dict(), tensors)}
 
-    def load_ledger(self, meta: dict[str, Any]) -> None:
+    def check_loadable(self, meta: dict[str, Any]) -> None:
         """First of a load: refuses a checkpoint with other privacy settings before anything changes."""
         self.ledger.load_state_dict(meta[f"{self.key}ledger"])
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.load_ledger(meta)
+        self.check_loadable(meta)
         self.optimizer.load_state_dict(unflatten_state(meta[f"{self.key}optimizer"], tensors))
         for name, g in self.generators().items():
             g.set_state(tensors[f"rng.{name}"])

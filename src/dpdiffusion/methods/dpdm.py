@@ -19,6 +19,7 @@ from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.io import write_json_atomic
+from dpdiffusion.methods.pretrain import public_stage
 from dpdiffusion.methods.start import (
     NOT_PRIVATE_START,
     Start,
@@ -60,8 +61,7 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     stages: list[Stage] = []
     start = load_init(config, single.delta)[2] if config.finetune.init else None
     if config.pretrain.data is not None:
-        stages.append(Stage("public pretraining", "public",
-                            settings={f"pretrain.{k}": v for k, v in dataclasses.asdict(config.pretrain).items()}))
+        stages.append(public_stage(config))
     elif start is not None and start.private_without_privacy:
         stages.append(Stage("start", "private-without-privacy"))
     elif start is not None and not start.dp_parts:

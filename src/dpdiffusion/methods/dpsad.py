@@ -274,8 +274,8 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
         made = distributed.made_once(weights, lambda: pretrain(
             build_denoiser(config.model, config.diffusion), plain, dataset, weights,
             trained_on={"private_without_privacy": describe_data(config.data, len(dataset))},
-            progress=progress, desc="teacher (no privacy)"), distributed.current())
-        if made and distributed.current().is_main:
+            progress=progress, desc="teacher (no privacy)", stage=stage), distributed.current())
+        if not made and distributed.current().is_main:
             records.finished(stage, weights)
         teacher = load_model_file(weights)[0]
         described = {"mode": "none", "path": str(weights), "warning": NOT_END_TO_END}

@@ -1,5 +1,6 @@
 """Public pretraining (Ghalebikesabi et al. 2023, stage 1): plain minibatch training on a public dataset, no
-privacy, before DP fine-tuning. Its stage reads only the public dataset; its output is ``RUN_DIR/public/``.
+privacy, before DP fine-tuning, in the one training loop (``loop``: ``PlainUpdates`` instead of a DP
+mechanism). Its stage reads only the public dataset; its output is ``RUN_DIR/public/``.
 
 The public data must not hold private images: the two are compared by content (``data.dataset.shared_images``:
 exact image hashes and resampling-tolerant signatures at the model's size), never by dataset names or paths.
@@ -16,16 +17,18 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as save_tensors
-from tqdm import tqdm
 
-from dpdiffusion.data.dataset import ArrayDataset, Dataset, shared_images
+from dpdiffusion import distributed
+from dpdiffusion.config import Performance
+from dpdiffusion.data.dataset import ArrayDataset, Batch, Dataset, shared_images
 from dpdiffusion.data.datasets import check_fits_model, load_dataset, load_images, subset_range
 from dpdiffusion.diffusion.denoiser import default_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import Precond
-from dpdiffusion.ema import EMA
 from dpdiffusion.io import atomic_write, json_safe
+from dpdiffusion.loop import PlainUpdates, TrainingLoop
 from dpdiffusion.runconfig import ConfigError, DataConfig, RunConfig
+from dpdiffusion.stages import Reads, Stage
 
 # Share of the public images with a resampling-tolerant match in the private data above which the two are
 # called one dataset at two sizes (different photographs never match; similar handwritten digits sometimes do:
@@ -33,46 +36,78 @@ from dpdiffusion.runconfig import ConfigError, DataConfig, RunConfig
 NEAR_COPY_SHARE = 0.1
 
 
+class Unlabelled:
+    """``data`` with every label replaced by ``label`` (the "no label" class of a conditional model)."""
+
+    def __init__(self, data: Dataset, label: int):
+        self.data, self.label = data, label
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        batch = self.data.batch(indices)
+        return {**batch, "y": torch.full_like(batch["y"], self.label)}
+
+
+class PlainTraining(TrainingLoop):
+    """Plain (non-private) training to ``steps`` in the one training loop; its checkpoints sit beside its output
+    (``out``'s folder), so an interrupted stage resumes; the output is the EMA weights with a header."""
+
+    def __init__(self, model: Precond, loss: DenoisingLoss, data: Dataset, out: Path, *, steps: int, batch_size: int,
+                 lr: float, ema_decay: float, seed: int, settings: dict[str, Any], header: dict[str, Any],
+                 log_every: int, performance: Performance, progress: bool, desc: str):
+        folder = out.parent
+        super().__init__(model, loss, total_steps=steps, ema_decay=ema_decay, checkpoints=folder / "checkpoints",
+                         log=folder / "log.jsonl", log_every=log_every, checkpoint_every=max(1, steps // 4),
+                         performance=performance, progress=progress, world=distributed.World(), desc=desc)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.updates = PlainUpdates(model, loss, data, batch_size=batch_size, optimizer=optimizer, seed=seed,
+                                    device=self.device, settings=settings)
+        self.out, self.header = out, header
+
+    def finish(self) -> None:
+        with atomic_write(self.out) as f:
+            f.write(save_tensors({k: v.contiguous().cpu() for k, v in self.ema.model.state_dict().items()},
+                                 {"dpdiffusion": json.dumps(json_safe(self.header))}))
+        for path in self.checkpoint_files():  # the stage is finished: its output replaces them
+            path.unlink()
+
+
+def public_stage(config: RunConfig, name: str = "public pretraining", reads: Reads = "public") -> Stage:
+    """The stage that pretrains with the ``pretrain`` settings (``reads``: what its data is), and every setting
+    its output depends on."""
+    settings = {**{f"pretrain.{k}": v for k, v in dataclasses.asdict(config.pretrain).items()},
+                **{f"model.{k}": v for k, v in dataclasses.asdict(config.model).items()},
+                **{f"diffusion.{k}": v for k, v in dataclasses.asdict(config.diffusion).items()},
+                "training.seed": config.training.seed, "training.log_every": config.training.log_every}
+    return Stage(name, reads, settings=json_safe(settings))
+
+
 def pretrain(model: Precond, config: RunConfig, public: Dataset, out: Path, *, trained_on: dict[str, Any],
-             progress: bool = True, desc: str = "public pretraining") -> Path:
-    """Plain (non-private) training of ``model`` with the ``pretrain`` settings on ``public``; write the EMA
-    weights to ``out`` (its header says what it was ``trained_on``) and the loss log beside it."""
-    stage = config.pretrain
-    if stage.steps < 1:
+             progress: bool = True, desc: str = "public pretraining", stage: Stage | None = None) -> Path:
+    """Plain (non-private) training of ``model`` with the ``pretrain`` settings on ``public`` in the training
+    loop; write the EMA weights to ``out`` (its header says what it was ``trained_on``) and the loss log beside
+    it. A stopped stage resumes from its checkpoints when its settings (``stage``) are unchanged."""
+    settings = config.pretrain
+    if settings.steps < 1:
         raise ConfigError("pretrain.steps must be >= 1 when pretrain.data is set")
-    if not 1 <= stage.batch_size <= len(public):
-        raise ConfigError(f"pretrain.batch_size {stage.batch_size} must lie in [1, {len(public)}] (public images)")
+    if not 1 <= settings.batch_size <= len(public):
+        raise ConfigError(f"pretrain.batch_size {settings.batch_size} must lie in [1, {len(public)}] (public images)")
+    if config.model.num_classes and not settings.labels:  # public classes unlike the private ones
+        public = Unlabelled(public, config.model.num_classes)
     loss = DenoisingLoss(model, multiplicity=1, levels=default_levels(config.diffusion),
                          num_classes=config.model.num_classes, label_dropout=config.diffusion.label_dropout)
-    ema = EMA(model, stage.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr)
-    generator = torch.Generator().manual_seed(config.training.seed)  # public data: public randomness suffices
-    out.parent.mkdir(parents=True, exist_ok=True)
-    order, position = torch.randperm(len(public), generator=generator), 0
-    with tqdm(total=stage.steps, disable=not progress, unit="step", desc=desc) as bar, \
-            (out.parent / "log.jsonl").open("w") as log:
-        for step in range(1, stage.steps + 1):
-            if position + stage.batch_size > len(order):
-                order, position = torch.randperm(len(public), generator=generator), 0
-            batch = public.batch(order[position:position + stage.batch_size])
-            position += stage.batch_size
-            if config.model.num_classes and not stage.labels:  # public classes unlike the private ones
-                batch = {**batch, "y": torch.full_like(batch["y"], config.model.num_classes)}
-            value = loss(model, batch, loss.draw(batch, generator)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            ema.update(model, step)
-            value = value.detach()
-            bar.update(1)
-            if step % config.training.log_every == 0 or step == stage.steps:
-                log.write(json.dumps({"step": step, "loss": float(value)}) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{float(value):.4g}")
-    header = {"config": config.to_dict(), "trained_on": trained_on, "steps": stage.steps}
-    with atomic_write(out) as f:
-        f.write(save_tensors({k: v.contiguous() for k, v in ema.model.state_dict().items()},
-                             {"dpdiffusion": json.dumps(json_safe(header))}))
+    stage = stage or public_stage(config)
+    header = {"config": config.to_dict(), "trained_on": trained_on, "steps": settings.steps}
+    loop = PlainTraining(model, loss, public, out, steps=settings.steps, batch_size=settings.batch_size,
+                         lr=settings.lr, ema_decay=settings.ema_decay, seed=config.training.seed,
+                         settings=dict(stage.settings), header=header, log_every=config.training.log_every,
+                         performance=config.performance, progress=progress, desc=desc)
+    if loop.resume() is None and loop.log.is_file():
+        loop.log.unlink()  # a fresh start: the log of an earlier attempt would interleave
+    loop.train()
+    model.to("cpu")
     return out
 
 

@@ -28,12 +28,12 @@ from dpdiffusion.data.datasets import load_images, subset_range
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.generate import load_model_file
 from dpdiffusion.diffusion.preconditioning import Precond
-from dpdiffusion.methods.pretrain import load_public, pretrain
+from dpdiffusion.methods.pretrain import load_public, pretrain, public_stage
 from dpdiffusion.nets.diffusers_unet import is_diffusers_folder, load_diffusers_denoiser
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig, RunConfig
-from dpdiffusion.stages import file_sha256
+from dpdiffusion.stages import StageRecords, file_sha256
 
 NOT_PRIVATE_START = ("NOT differentially private: training started from a model trained on the private data without "
                      "privacy (finetune.init); the epsilon reported covers only this run's DP-SGD")
@@ -225,10 +225,15 @@ def start_model(config: RunConfig, run_dir: str | Path, *, delta: float, resume:
     described = describe_data(config.pretrain.data, len(public))
     if run.public_model.is_file() and not resume:
         raise FileExistsError(f"{run.root} already holds a run; resume it with --resume or pick another folder")
+    stage, records, world = public_stage(config), StageRecords(run), distributed.current()
+    if run.public_model.is_file():  # finished before: reused only as configured
+        records.check_reusable(stage, run.public_model)
     # with several processes, rank 0 pretrains (public data, no privacy) while the others wait
-    distributed.made_once(run.public_model, lambda: pretrain(model, config, public, run.public_model,
-                                                             trained_on={"public": described}, progress=progress),
-                          distributed.current())
+    made = distributed.made_once(run.public_model, lambda: pretrain(
+        model, config, public, run.public_model, trained_on={"public": described}, progress=progress, stage=stage),
+        world)
+    if not made and world.is_main:
+        records.finished(stage, run.public_model)
     model.load_state_dict(load_file(str(run.public_model)))
     start = Start(kind="pretrained on the public data in this run", path=str(run.public_model),
                   steps=config.pretrain.steps, sha256=file_sha256(run.public_model))
