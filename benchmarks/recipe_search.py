@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="score on the quick protocol (the search's)")
     parser.add_argument("--overhead", type=float, default=1.0, help="training time per step over the probe's")
     parser.add_argument("--probe-steps", type=int, default=3)
+    parser.add_argument("--again", action="store_true", help="score candidates that already have a result")
     parser.add_argument("--plan", action="store_true", help="print each candidate's steps; train nothing")
     parser.add_argument("--runs", default="runs/search", help="folder of the candidates' run folders")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{Path(args.preset).stem}-{args.budget_min:g}min"
     for name, overrides in read_candidates(args.candidates, args.only).items():
         run_dir = Path(args.runs) / f"{tag}-{name}"
+        scored = Path(args.out) / f"utility_{tag}-{name}{'_quick' if args.quick else ''}.json"
+        if scored.is_file() and not args.again:
+            print(f"recipe_search: {name} already scored ({scored}); --again to score it again", flush=True)
+            continue
         planned = run_dir / "search_plan.json"
         if planned.is_file():  # the steps were fixed when this candidate started: keep them on a rerun
             plan = json.loads(planned.read_text())

@@ -235,16 +235,18 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_comparison_grid(images, labels, test_images, test_labels, out / f"{stem}.png", num_classes=num_classes)
-    plan = privacy.get("plan", {})
+    if privacy is None:
+        raise SystemExit(f"{run_dir}: the release has no privacy report")
+    plan = privacy.parts.get("dpsgd") or privacy.parts.get("student") or {}
     result = {
         "benchmark": "utility", "name": name, "preset": args.preset, "overrides": args.set,
         "protocol": {**dataclasses.asdict(protocol), "description": protocol.describe()},
         "run_dir": str(run_dir), "reused_run": trained["reused"],
-        "privacy": {"epsilon": privacy.get("spent", {}).get("epsilon"), "delta": plan.get("delta"),
+        "privacy": {"epsilon": privacy.epsilon, "delta": privacy.spent.delta,
                     "sample_rate": plan.get("sample_rate"), "noise_multiplier": plan.get("noise_multiplier"),
                     "steps": plan.get("steps"), "batch_size": plan.get("expected_batch_size"),
                     "multiplicity": plan.get("multiplicity"), "max_grad_norm": plan.get("max_grad_norm"),
-                    "accountant": privacy.get("accountant"), "private": privacy.get("private")},
+                    "accountant": privacy.accountant, "private": privacy.private},
         "model": {"parameters": sum(p.numel() for p in model.parameters()),
                   "model_channels": config.model.model_channels, "channel_mult": list(config.model.channel_mult),
                   "num_blocks": config.model.num_blocks},

@@ -42,7 +42,7 @@ def test_sample_writes_npz_and_grid(run_dir, tmp_path, sampler):
 
 def test_images_do_not_depend_on_the_batch_size(run_dir):
     model, config, privacy = load_release(run_dir)
-    assert privacy["spent"]["steps"] == 2
+    assert privacy is not None and privacy.spent.steps == 2
     a, la = generate(model, config, num=6, seed=3, batch_size=6)
     b, lb = generate(model, config, num=6, seed=3, batch_size=4)
     assert np.array_equal(a, b) and np.array_equal(la, lb)

@@ -56,7 +56,7 @@ def public_pretraining(tmp_path, name, sets=()):
     out = tmp_path / name / "model.safetensors"
     torch.manual_seed(0)
     return pretrain(build_denoiser(cfg.model, cfg.diffusion), cfg, data, out,
-                    trained_on={"public": describe_data(cfg.pretrain.data, 40)}, progress=False)
+                    trained_on={"public": describe_data(cfg.pretrain.data, 40).to_dict()}, progress=False)
 
 
 def interrupt_after(monkeypatch, steps):

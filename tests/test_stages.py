@@ -105,7 +105,7 @@ def non_private_model(tmp_path, config_path) -> Path:
     cfg = load_config(config_path, ["pretrain.steps=1", "pretrain.batch_size=8"])
     data = ArrayDataset(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
     out = tmp_path / "plain" / "model.safetensors"
-    trained_on = {"private_without_privacy": start.describe_data(cfg.data, 1437)}
+    trained_on = {"private_without_privacy": start.describe_data(cfg.data, 1437).to_dict()}
     return pretrain(build_denoiser(cfg.model, cfg.diffusion), cfg, data, out, trained_on=trained_on, progress=False)
 
 
@@ -184,7 +184,7 @@ def test_a_fixed_split_of_one_dataset_by_position_stays_allowed(tmp_path):
     cfg = load_config(write_config(tmp_path, TINY_RUN), ["data.subset='500:'", "pretrain.steps=1",
                                                          "pretrain.data={name: digits, subset: ':500'}"])
     model, _, public, begin = start.start_model(cfg, tmp_path / "run", delta=1e-4, progress=False)
-    assert public["subset"] == ":500" and begin.kind == "pretrained on the public data in this run"
+    assert public is not None and public.subset == ":500" and begin.kind == "pretrained on the public data in this run"
 
 
 # -- one plan: the composition against an independent one -----------------------------------------------------------

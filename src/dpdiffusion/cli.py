@@ -307,7 +307,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         data = DataConfig(name=args.dataset, data_dir=args.data_dir, resolution=int(images.shape[1]),
                           path=args.data_path, test_path=args.test_path, channels=int(images.shape[-1]))
         out = Path(args.out) if args.out else source.with_name(f"{source.stem}-evaluation")
-        num_classes, privacy, log, title = int(max(labels.max(), 0)) + 1, {}, [], f"Evaluation of {source}"
+        num_classes, privacy, log, title = int(max(labels.max(), 0)) + 1, None, [], f"Evaluation of {source}"
     else:
         raise CliError(f"{source} is neither a run folder nor a .npz samples file")
     metrics = evaluate(images, labels, data, settings, num_classes)

@@ -71,7 +71,8 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
     }
     write_json_atomic(run.owner / "evaluation.json", evaluation)
     return {"run_dir": str(run_dir), "epsilon": ledger.epsilon_spent(), "delta": plan.delta,
-            "grid": str(run.release / "samples.png"), "comparison": str(comparison), "privacy": privacy,
+            "grid": str(run.release / "samples.png"), "comparison": str(comparison),
+            "privacy": privacy.to_dict() if privacy else None,
             **evaluation}
 
 

@@ -9,6 +9,7 @@ layout is ``run_folder.RunFolder``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from dpdiffusion.loop import TrainingLoop
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.ledger import LedgerMismatchError, PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan
+from dpdiffusion.privacy.report import COMPOSED_MECHANISM, PrivacyReport, Provenance, Spent
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import TrainingConfig
 from dpdiffusion.stages import Stage, StageRecords
@@ -56,7 +58,7 @@ class Trainer(TrainingLoop):
         secret_seed: int | None = None,
         progress: bool = True,
         config: dict[str, Any] | None = None,
-        provenance: dict[str, Any] | None = None,
+        provenance: Provenance | None = None,
         network: dict[str, Any] | None = None,
         world: distributed.World | None = None,
         composed: ComposedPlan | None = None,
@@ -79,7 +81,7 @@ class Trainer(TrainingLoop):
                          world=world)
         self.dataset, self.plan, self.training, self.config = dataset, plan, training, config or {}
         self.secret_seed = secret_seed
-        self.provenance, self.network, self.method = provenance or {}, network, method
+        self.provenance, self.network, self.method = provenance, network, method
         self._not_private = not_private
         self.composed = composed or ComposedPlan.single(main, plan)
         self.stages = list(stages) or [Stage(main, "private", plan)]
@@ -114,7 +116,7 @@ class Trainer(TrainingLoop):
 
     def save(self) -> Path:
         path = super().save()
-        write_json_atomic(self.run.privacy_report, self.privacy_report())
+        write_json_atomic(self.run.privacy_report, self.privacy_report().to_dict())
         return path
 
     def check_loadable(self, meta: dict[str, Any]) -> None:
@@ -194,28 +196,25 @@ class Trainer(TrainingLoop):
         """Why the release is NOT differentially private end to end, if it is not (said in its report)."""
         return self._not_private
 
-    def privacy_report(self) -> dict[str, Any]:
+    def privacy_report(self) -> PrivacyReport:
         """The plan, each stage with its share, the total spent, and where the data came from."""
         if len(self.composed.parts) == 1:
             report = self.ledger.report()
         else:
             planned = {name: plan.steps for name, plan in self.composed.parts}
-            report = {"private": True, "plan": self.composed.to_dict(), "planned_epsilon": self.composed_epsilon(planned),
-                      "spent": {"epsilon": self.epsilon_spent(), "delta": self.composed.delta,
-                                "steps": self.steps_taken()},
-                      "mechanism": "Poisson-subsampled Gaussian (DP-SGD) per DP stage, composed by the accountant; "
-                                   "add/remove-one adjacency",
-                      "accountant": self.composed.accountant, **written_with()}
-        report["method"] = self.method
-        report["stages"] = self.described_stages
+            report = PrivacyReport(private=True, plan=json_safe(self.composed.to_dict()),
+                                   planned_epsilon=self.composed_epsilon(planned),
+                                   spent=Spent(epsilon=self.epsilon_spent(), delta=self.composed.delta,
+                                               steps=self.steps_taken()),
+                                   mechanism=COMPOSED_MECHANISM, accountant=self.composed.accountant, **written_with())
+        report = dataclasses.replace(report, method=self.method, stages=tuple(self.described_stages),
+                                     data=self.provenance)
         reason = self.not_private()
-        if reason:
-            report["private"], report["warning"] = False, reason
-        return json_safe({**report, **({"data": self.provenance} if self.provenance else {})})
+        return report.not_private(reason) if reason else report
 
     def release(self) -> None:
         """Write what may leave the data owner: the EMA weights and the privacy report."""
-        privacy = self.privacy_report()
+        privacy = self.privacy_report().to_dict()
         header = {"config": self.config, "privacy": privacy}
         if self.network:
             header["network"] = self.network

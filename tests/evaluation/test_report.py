@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dpdiffusion.evaluation.report import OWNER_NOTE, svg_plot, write_report
+from dpdiffusion.privacy.report import PrivacyReport
 
 
 def test_svg_plot_is_well_formed_even_without_points():
@@ -17,9 +18,9 @@ def test_report_has_metrics_grids_privacy_and_plots(tmp_path):
     labels = np.arange(30) % 3
     metrics = {"fid": {"value": 12.5, "synthetic_images": 30,
                        "reference": {"dataset": "digits", "split": "train", "images": 20, "of": 20, "resolution": 8}}}
-    privacy = {"private": True, "accountant": "prv", "spent": {"epsilon": 1.5, "delta": 1e-5, "steps": 10},
+    privacy = PrivacyReport.from_dict({"private": True, "accountant": "prv", "spent": {"epsilon": 1.5, "delta": 1e-5, "steps": 10},
                "plan": {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 10, "delta": 1e-5, "accountant": "rdp",
-                        "max_grad_norm": 1.0, "multiplicity": 1, "dataset_size": 100}}
+                        "max_grad_norm": 1.0, "multiplicity": 1, "dataset_size": 100}})
     log = [{"step": s, "loss_sum": 10.0 / s, "batch_size": 5} for s in (1, 2, 3)]
     files = write_report(tmp_path, title="t", images=images, labels=labels, metrics=metrics, privacy=privacy, log=log,
                          num_classes=3)

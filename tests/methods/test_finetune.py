@@ -56,7 +56,7 @@ def test_pretraining_changes_the_model_and_resume_reuses_it(config, tmp_path, mo
     torch.manual_seed(0)
     fresh = build_denoiser(cfg.model, cfg.diffusion)
     assert not tensors_equal(model.state_dict(), fresh.state_dict())
-    assert public["size"] == 500
+    assert public is not None and public.size == 500
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretrained again")

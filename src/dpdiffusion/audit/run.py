@@ -47,12 +47,12 @@ def audit_run(run_dir: str | Path, *, members: int = 1000, grid: ScoreGrid = Sco
     count = min(members, len(train), len(test))
     inside = scores(train, _pick(len(train), count, seed))
     outside = scores(test, _pick(len(test), count, seed + 1))
-    spent = privacy.get("spent", {})
-    claimed = float(spent.get("epsilon", math.inf)) if privacy.get("private", True) else math.inf
-    delta = float(spent.get("delta", 1e-5))
+    private = privacy is not None and privacy.private  # a model without a report claims nothing
+    claimed = privacy.epsilon if privacy is not None and private else math.inf
+    delta = privacy.spent.delta if privacy is not None and privacy.spent.delta > 0 else 1e-5
     report = {
         "run": str(run_dir),
-        "claimed": {"epsilon": claimed, "delta": delta, "private": bool(privacy.get("private", True))},
+        "claimed": {"epsilon": claimed, "delta": delta, "private": private},
         "membership": {**membership_metrics(inside, outside), "attack": "denoising loss",
                        "grid": dataclasses.asdict(grid), "members_from": "train", "nonmembers_from": "test"},
     }

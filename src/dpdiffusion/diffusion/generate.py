@@ -17,6 +17,7 @@ from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.diffusion.samplers import SAMPLERS, guided
 from dpdiffusion.diffusion.schedules import ImageNoise, karras_sigmas
+from dpdiffusion.privacy.report import PrivacyReport
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, RunConfig, SamplingConfig, config_from_dict
 
@@ -38,13 +39,15 @@ def load_model_file(path: str | Path) -> tuple[Precond, RunConfig, dict]:
     return model.eval().requires_grad_(False), config, meta
 
 
-def load_release(run_dir: str | Path) -> tuple[Precond, RunConfig, dict]:
-    """The released denoiser, its configuration and its privacy report, from ``RUN_DIR/release``."""
+def load_release(run_dir: str | Path) -> tuple[Precond, RunConfig, PrivacyReport | None]:
+    """The released denoiser, its configuration and its privacy report (None: a model without one), from
+    ``RUN_DIR/release``."""
     path = RunFolder(run_dir).model_weights
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {run_dir} a finished run folder?")
     model, config, meta = load_model_file(path)
-    return model, config, meta.get("privacy", {})
+    privacy = meta.get("privacy")
+    return model, config, PrivacyReport.from_dict(privacy) if privacy else None
 
 
 def image_seeds(seed: int, num: int) -> list[int]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from dpdiffusion.diffusion.generate import save_grid
 from dpdiffusion.io import write_json_atomic
+from dpdiffusion.privacy.report import PrivacyReport
 
 OWNER_NOTE = ("Owner-side report: FID and precision/recall against the private training split, the real-data ceiling "
               "and the training curves are computed from private data without noise and are not covered by the "
@@ -83,16 +85,21 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _privacy_rows(privacy: dict) -> list[tuple[str, str]]:
-    if not privacy:
+def _privacy_rows(privacy: PrivacyReport | None) -> list[tuple[str, str]]:
+    if privacy is None:
         return [("privacy", "unknown: a samples file without its run's privacy report")]
-    spent, plan = privacy.get("spent", {}), privacy.get("plan", {})
-    if not privacy.get("private", True):
-        return [("privacy", "NOT differentially private (a non-private control run)")]
-    return [("epsilon spent", f"{spent.get('epsilon', float('nan')):.4g} at delta {spent.get('delta', float('nan')):.3g} "
-                              f"({spent.get('steps')} steps, {privacy.get('accountant')} accountant)"),
-            ("privacy plan", f"sigma {plan.get('noise_multiplier', float('nan')):.4g}, q {plan.get('sample_rate', float('nan')):.4g}, "
-                             f"C {plan.get('max_grad_norm')}, K {plan.get('multiplicity')}, N {plan.get('dataset_size')}")]
+    if not privacy.private:
+        return [("privacy", privacy.warning or "NOT differentially private")]
+    spent = privacy.spent
+    steps = ", ".join(f"{k} {v}" for k, v in spent.steps.items()) if isinstance(spent.steps, Mapping) else spent.steps
+    rows = [("epsilon spent", f"{spent.epsilon:.4g} at delta {spent.delta:.3g} ({steps} steps, {privacy.accountant} "
+                              "accountant)")]
+    for name, plan in privacy.parts.items():
+        label = "privacy plan" if len(privacy.parts) == 1 else f"privacy plan, {name}"
+        rows.append((label, f"sigma {plan.get('noise_multiplier', float('nan')):.4g}, q "
+                            f"{plan.get('sample_rate', float('nan')):.4g}, C {plan.get('max_grad_norm')}, K "
+                            f"{plan.get('multiplicity')}, N {plan.get('dataset_size')}, {plan.get('steps')} steps"))
+    return rows
 
 
 def save_comparison_grid(synthetic: np.ndarray, synthetic_labels: np.ndarray, real: np.ndarray, real_labels: np.ndarray,
@@ -112,13 +119,14 @@ def save_comparison_grid(synthetic: np.ndarray, synthetic_labels: np.ndarray, re
     save_grid(np.stack(cells), path, columns=2 * per_class + 1, max_images=len(cells))
 
 
-def write_report(out: Path, *, title: str, images: np.ndarray, labels: np.ndarray, metrics: dict, privacy: dict,
-                 log: list[dict], num_classes: int) -> dict[str, Path]:
+def write_report(out: Path, *, title: str, images: np.ndarray, labels: np.ndarray, metrics: dict,
+                 privacy: PrivacyReport | None, log: list[dict], num_classes: int) -> dict[str, Path]:
     """Write metrics.json, grids, report.md and report.html into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out / "metrics.json", "grid": out / "samples.png", "markdown": out / "report.md",
              "html": out / "report.html"}
-    write_json_atomic(files["metrics"], {"title": title, "privacy": privacy, "metrics": metrics})
+    write_json_atomic(files["metrics"], {"title": title, "privacy": privacy.to_dict() if privacy else None,
+                                         "metrics": metrics})
     save_grid(images, files["grid"])
     class_grids = {}
     if num_classes and (labels >= 0).all():
@@ -131,10 +139,11 @@ def write_report(out: Path, *, title: str, images: np.ndarray, labels: np.ndarra
         steps = [float(r["step"]) for r in log]
         losses = [r["loss_sum"] / max(1, r["batch_size"]) for r in log]
         plots["loss"] = svg_plot(steps, losses, title="training loss (mean per example)", xlabel="step", ylabel="loss")
-    if privacy.get("plan"):
-        xs, ys = epsilon_curve(privacy["plan"])
+    if privacy is not None and len(privacy.parts) == 1:  # a composed plan's stages are rows, not one curve
+        plan = next(iter(privacy.parts.values()))
+        xs, ys = epsilon_curve(dict(plan))
         if xs:
-            plots["epsilon"] = svg_plot(xs, ys, title=f"epsilon spent (delta {privacy['plan']['delta']:.3g})",
+            plots["epsilon"] = svg_plot(xs, ys, title=f"epsilon spent (delta {plan['delta']:.3g})",
                                         xlabel="step", ylabel="epsilon")
     for name, svg in plots.items():
         (out / f"{name}.svg").write_text(svg)

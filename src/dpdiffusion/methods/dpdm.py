@@ -32,6 +32,7 @@ from dpdiffusion.methods.start import (
 from dpdiffusion.nets.unet import count_parameters
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
+from dpdiffusion.privacy.report import Provenance
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, RunConfig, resolve_plan
 from dpdiffusion.stages import RunPlan, Stage
@@ -97,7 +98,7 @@ def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str
         model, _, begin = load_init(config, run_plan.main_plan.delta)
         start = begin.to_dict()
     elif config.pretrain.data is not None:
-        public = {**describe_data(config.pretrain.data, len(load_public(config, dataset))),  # type: ignore[arg-type]
+        public = {**describe_data(config.pretrain.data, len(load_public(config, dataset))).to_dict(),  # type: ignore[arg-type]
                   "steps": config.pretrain.steps, "batch_size": config.pretrain.batch_size}
         start = {"kind": "pretrained on the public data in this run"}
     else:
@@ -106,7 +107,7 @@ def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str
     return {"config": config.to_dict(), "method": config.method,
             "model": {"parameters": count_parameters(model), "parameterisation": config.diffusion.parameterisation},
             "dataset": {"name": config.data.name, "split": "train", "size": size},
-            "stages": {"public": public, "private": describe_data(config.data, size), "start": start,
+            "stages": {"public": public, "private": describe_data(config.data, size).to_dict(), "start": start,
                        "trainable_parameters": apply_freezing(model, config)},
             "privacy": run_plan.to_dict()}
 
@@ -131,12 +132,10 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     apply_freezing(start, config)
     model, loss = build(config, start)
     planned = getattr(dataset, "planned_size", len(dataset))
-    provenance: dict[str, Any] = {"private": describe_data(config.data, planned), "public": public or None,
-                                  "start": begin.to_dict()}
-    drawn = getattr(dataset, "canaries_drawn", 0)
-    if drawn:  # how many canaries were drawn is public; which (and how many) went in is not
-        provenance["audit_canaries"] = {"drawn": drawn,
-                                        "note": "random binary images added with probability 1/2 each (audit)"}
+    drawn = getattr(dataset, "canaries_drawn", 0)  # how many canaries were drawn is public; which went in is not
+    canaries = {"drawn": drawn, "note": "random binary images added with probability 1/2 each (audit)"} if drawn else None
+    provenance = Provenance(private=describe_data(config.data, planned), public=public, start=begin.to_dict(),
+                            audit_canaries=canaries)
     trainer = Trainer(model, loss, dataset, plan=run_plan.main_plan, run_dir=run_dir, performance=config.performance,
                       training=config.training, secret_seed=secret_seed, progress=progress, config=config.to_dict(),
                       provenance=provenance, network=network, composed=run_plan.composed, stages=run_plan.stages,

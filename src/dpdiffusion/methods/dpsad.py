@@ -39,6 +39,7 @@ from dpdiffusion.nets.discriminator import PairDiscriminator
 from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
+from dpdiffusion.privacy.report import DataDescription, PrivacyReport, Provenance
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
 from dpdiffusion.stages import RunPlan, Stage, StageRecords
@@ -243,7 +244,8 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
                                                 private=dataset)  # type: ignore[arg-type]
         if begin.dp_parts or begin.private_without_privacy:
             raise ConfigError("dpsad.teacher: public needs a public start; finetune.init was trained on private data")
-        described: dict[str, Any] = {"mode": "public", "public": public or None, "start": begin.to_dict()}
+        described: dict[str, Any] = {"mode": "public", "public": public.to_dict() if public else None,
+                                     "start": begin.to_dict()}
     elif mode == "dp":
         teacher_plan = plan.plan("teacher")
         teacher_config = dataclasses.replace(
@@ -273,7 +275,7 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
             ema_decay=d.teacher_ema_decay))
         made = distributed.made_once(weights, lambda: pretrain(
             build_denoiser(config.model, config.diffusion), plain, dataset, weights,
-            trained_on={"private_without_privacy": describe_data(config.data, len(dataset))},
+            trained_on={"private_without_privacy": describe_data(config.data, len(dataset)).to_dict()},
             progress=progress, desc="teacher (no privacy)", stage=stage), distributed.current())
         if not made and distributed.current().is_main:
             records.finished(stage, weights)
@@ -293,7 +295,7 @@ class DPSADTrainer(Trainer):
     DP stage (a DP teacher included)."""
 
     def __init__(self, student: Precond, teacher: Precond, config: RunConfig, dataset: Dataset, plan: ComposedPlan, *,
-                 run_dir: Path, teacher_info: dict[str, Any], stages: list[Stage], provenance: dict[str, Any],
+                 run_dir: Path, teacher_info: dict[str, Any], stages: list[Stage], provenance: Provenance,
                  secret_seed: int | None = None, progress: bool = True):
         d = config.dpsad
         levels = KarrasLevels(d.timesteps)
@@ -328,8 +330,8 @@ class DPSADTrainer(Trainer):
     def not_private(self) -> str | None:
         return NOT_END_TO_END if self.teacher_info["mode"] == "none" else None
 
-    def privacy_report(self) -> dict[str, Any]:
-        return {**super().privacy_report(), "teacher": self.teacher_info}
+    def privacy_report(self) -> PrivacyReport:
+        return dataclasses.replace(super().privacy_report(), teacher=self.teacher_info)
 
 
 def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan | RunPlan, run_dir: str | Path, *,
@@ -351,8 +353,10 @@ def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan | RunPlan, run
     teacher, teacher_info = build_teacher(config, dataset, plan, run_dir, resume=resume,
                                           allow_non_private_teacher=allow_non_private, progress=progress)
     student = build_denoiser(student_model(config), config.diffusion)
-    provenance = {"private": describe_data(config.data, len(dataset)),
-                  "public": teacher_info.get("public"), "start": {"kind": "random initialisation"}}
+    public = teacher_info.get("public")
+    provenance = Provenance(private=describe_data(config.data, len(dataset)),
+                            public=DataDescription.from_dict(public) if public else None,
+                            start={"kind": "random initialisation"})
     stages = [teacher_stage(config, plan), Stage("student", "private", plan.plan("student")),
               Stage("discriminator", "private", plan.plan("discriminator"))]
     trainer = DPSADTrainer(student, teacher, config, dataset, plan, run_dir=run_dir, teacher_info=teacher_info,

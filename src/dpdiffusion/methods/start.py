@@ -31,6 +31,7 @@ from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.methods.pretrain import load_public, pretrain, public_stage
 from dpdiffusion.nets.diffusers_unet import is_diffusers_folder, load_diffusers_denoiser
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
+from dpdiffusion.privacy.report import DataDescription, PrivacyReport
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig, RunConfig
 from dpdiffusion.stages import StageRecords, file_sha256
@@ -61,28 +62,22 @@ class Start:
         return described
 
 
-def describe_data(data: DataConfig, size: int) -> dict[str, Any]:
-    described = {"dataset": data.name, "split": "train", "size": size}
-    if data.subset is not None:
-        described["subset"] = data.subset
-    if data.name == "imagefolder":
-        described["path"] = data.path
-    if data.resolution is not None:
-        described["resolution"] = data.resolution
-    return described
+def describe_data(data: DataConfig, size: int) -> DataDescription:
+    """The training split of ``data`` as a report names it."""
+    return DataDescription(dataset=data.name, size=size, subset=data.subset,
+                           path=data.path if data.name == "imagefolder" else None, resolution=data.resolution)
 
 
-def release_parts(privacy: dict[str, Any], *, delta: float, accountant: str) -> tuple[tuple[str, PrivacyPlan], ...]:
+def release_parts(privacy: PrivacyReport, *, delta: float, accountant: str) -> tuple[tuple[str, PrivacyPlan], ...]:
     """The DP events of a release, from its privacy report's plan (one DP-SGD plan, or a composed plan's parts),
     at this run's delta and accountant (an event is q, sigma and steps; composition happens at one delta)."""
-    plan = privacy.get("plan") or {}
-    parts = plan.get("parts") or ({"dpsgd": plan} if plan else {})
+    parts = privacy.parts
     if not parts:
         raise ConfigError("finetune.init is a DP release without a privacy plan in its header; it cannot be composed")
     converted = []
     for name, part in parts.items():
         try:
-            p = PrivacyPlan.from_dict(part)
+            p = PrivacyPlan.from_dict(dict(part))
             converted.append((f"start.{name}", dataclasses.replace(p, delta=delta, accountant=accountant,
                                                                    target_epsilon=None)))
         except PrivacyPlanError as error:
@@ -117,11 +112,10 @@ def read_start(config: RunConfig, meta: dict[str, Any], weights: Path, delta: fl
         return Start(**common, trained_on=trained_on, private_without_privacy=plain is not None)
     if "privacy" not in meta:
         return Start(**common, note="a model file without provenance: taken as public")
-    privacy = meta["privacy"]
-    spent = privacy.get("spent", {})
-    private: dict[str, Any] = (privacy.get("data") or {}).get("private") or {}
-    trained_on = {"private": private, "epsilon": spent.get("epsilon"), "delta": spent.get("delta")}
-    if privacy.get("private") is False:  # a release that says it is not private (e.g. a non-private teacher)
+    privacy = PrivacyReport.from_dict(meta["privacy"])
+    private = privacy.data.private.to_dict() if privacy.data else {}
+    trained_on = {"private": private, "epsilon": privacy.spent.epsilon, "delta": privacy.spent.delta}
+    if not privacy.private:  # a release that says it is not private (e.g. a non-private teacher)
         return Start(**common, trained_on=trained_on, private_without_privacy=True)
     if not same:
         if evidently_same_data(private, config.data):
@@ -207,20 +201,20 @@ def check_one_start(config: RunConfig) -> None:
 
 
 def start_model(config: RunConfig, run_dir: str | Path, *, delta: float, resume: bool = False, progress: bool = True,
-                private: ArrayDataset | None = None) -> tuple[Precond, dict[str, Any] | None, dict[str, Any], Start]:
+                private: ArrayDataset | None = None) -> tuple[Precond, dict[str, Any] | None, DataDescription | None, Start]:
     """The model DP training starts from (the public stage run, or reused, here), the network description for
     its release, the public data's description and the ``Start``. ``private``: the run's private dataset, to
     compare the public data with (loaded when not given)."""
     check_one_start(config)
     if config.finetune.init:
         model, network, start = load_init(config, delta)
-        return model, network, {}, start
+        return model, network, None, start
     run = RunFolder(run_dir)
     if not resume and run.traces_of_training():
         raise FileExistsError(f"{run.root} already holds a run; resume it with --resume or pick another folder")
     model = build_denoiser(config.model, config.diffusion)
     if config.pretrain.data is None:
-        return model, None, {}, Start(kind="random initialisation", seed=config.training.seed)
+        return model, None, None, Start(kind="random initialisation", seed=config.training.seed)
     public = load_public(config, private)
     described = describe_data(config.pretrain.data, len(public))
     if run.public_model.is_file() and not resume:
@@ -230,7 +224,8 @@ def start_model(config: RunConfig, run_dir: str | Path, *, delta: float, resume:
         records.check_reusable(stage, run.public_model)
     # with several processes, rank 0 pretrains (public data, no privacy) while the others wait
     made = distributed.made_once(run.public_model, lambda: pretrain(
-        model, config, public, run.public_model, trained_on={"public": described}, progress=progress, stage=stage),
+        model, config, public, run.public_model, trained_on={"public": described.to_dict()}, progress=progress,
+        stage=stage),
         world)
     if not made and world.is_main:
         records.finished(stage, run.public_model)

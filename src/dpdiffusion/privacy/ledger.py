@@ -10,6 +10,7 @@ from typing import Any
 
 from dpdiffusion.io import json_safe, write_json_atomic
 from dpdiffusion.privacy.plan import PrivacyPlan
+from dpdiffusion.privacy.report import PrivacyReport, Spent
 
 
 class PrivacyBudgetError(RuntimeError):
@@ -71,25 +72,19 @@ class PrivacyLedger:
             self._epsilon_cache[steps] = self.plan.epsilon_after(steps)
         return self._epsilon_cache[steps]
 
-    def report(self) -> dict[str, Any]:
-        """The plan and the spend, JSON-ready: what may be released next to the model."""
-        spent = self.epsilon_spent()
-        report = {
-            "private": self.plan.is_private,
-            "plan": self.plan.to_dict(),
-            "planned_epsilon": self.planned_epsilon(),
-            "spent": {"steps": self.steps_taken, "epsilon": spent, "delta": self.plan.delta},
-            "mechanism": "Poisson-subsampled Gaussian (DP-SGD), add/remove-one adjacency",
-            "accountant": self.plan.accountant,
-            **written_with(),
-        }
+    def report(self) -> PrivacyReport:
+        """The plan and the spend: what may be released next to the model."""
+        report = PrivacyReport(private=self.plan.is_private, plan=json_safe(self.plan.to_dict()),
+                               planned_epsilon=self.planned_epsilon(),
+                               spent=Spent(epsilon=self.epsilon_spent(), delta=self.plan.delta, steps=self.steps_taken),
+                               accountant=self.plan.accountant, **written_with())
         if not self.plan.is_private:
-            report["warning"] = "NOT differentially private: no clipping and no noise (a non-private control run)"
-        return json_safe(report)
+            return report.not_private("NOT differentially private: no clipping and no noise (a non-private control run)")
+        return report
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the report as JSON, atomically."""
-        write_json_atomic(Path(path), self.report())
+        write_json_atomic(Path(path), self.report().to_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return json_safe({"plan": self.plan.to_dict(), "steps_taken": self.steps_taken})

@@ -1,0 +1,140 @@
+"""What a run says about its privacy: ``PrivacyReport`` (``release/privacy.json`` and the model header's
+"privacy") and ``Provenance`` (which data was private, which public, where training started).
+
+Writers build the dataclasses; readers (a start's header, evaluation, the audit) parse them back with
+``from_dict``, which also reads reports written before a field existed. The JSON layout is the release's public
+contract: ``to_dict`` keeps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpdiffusion.io import json_safe
+
+DP_SGD_MECHANISM = "Poisson-subsampled Gaussian (DP-SGD), add/remove-one adjacency"
+COMPOSED_MECHANISM = ("Poisson-subsampled Gaussian (DP-SGD) per DP stage, composed by the accountant; add/remove-one "
+                      "adjacency")
+
+
+def _number(value: Any) -> float:
+    return float(value) if value not in (None, "inf") else float("inf")
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    """One dataset as a report names it: a canonical dataset (and its range) or an image folder."""
+
+    dataset: str
+    size: int
+    split: str = "train"
+    subset: str | None = None
+    path: str | None = None
+    resolution: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataDescription:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a release's training data and its start came from. ``start``: the start's description
+    (``methods.start.Start.to_dict``); ``audit_canaries``: how many canaries were drawn (public), when any."""
+
+    private: DataDescription
+    start: Mapping[str, Any]
+    public: DataDescription | None = None
+    audit_canaries: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"private": self.private.to_dict(),
+                                     "public": self.public.to_dict() if self.public else None,
+                                     "start": dict(self.start)}
+        if self.audit_canaries:
+            described["audit_canaries"] = dict(self.audit_canaries)
+        return described
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Provenance | None:
+        private = d.get("private")
+        if not private:
+            return None
+        public = d.get("public")
+        return cls(private=DataDescription.from_dict(private), start=d.get("start") or {},
+                   public=DataDescription.from_dict(public) if public else None, audit_canaries=d.get("audit_canaries"))
+
+
+@dataclass(frozen=True)
+class Spent:
+    epsilon: float
+    delta: float
+    steps: int | Mapping[str, int]  # one DP-SGD stage's steps, or each DP stage's
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    """The plan (one DP-SGD plan, or the composed plan's parts), what was spent, each stage with its share, how
+    it was accounted, and -- when the release is not differentially private end to end -- why not."""
+
+    private: bool
+    plan: Mapping[str, Any]
+    planned_epsilon: float
+    spent: Spent
+    accountant: str
+    mechanism: str = DP_SGD_MECHANISM
+    method: str | None = None
+    stages: tuple[Mapping[str, Any], ...] = ()
+    data: Provenance | None = None
+    warning: str | None = None
+    teacher: Mapping[str, Any] | None = None  # DP-SAD: how its teacher was made
+    libraries: Mapping[str, str] = field(default_factory=dict)
+    written: str | None = None
+
+    @property
+    def epsilon(self) -> float:
+        return self.spent.epsilon
+
+    @property
+    def parts(self) -> dict[str, Mapping[str, Any]]:
+        """The plan of each DP stage by name (a one-stage plan as "dpsgd")."""
+        return dict(self.plan.get("parts") or ({"dpsgd": self.plan} if self.plan else {}))
+
+    def not_private(self, reason: str) -> PrivacyReport:
+        return dataclasses.replace(self, private=False, warning=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "private": self.private, "plan": dict(self.plan), "planned_epsilon": self.planned_epsilon,
+            "spent": {"epsilon": self.spent.epsilon, "delta": self.spent.delta,
+                      "steps": dict(self.spent.steps) if isinstance(self.spent.steps, Mapping) else self.spent.steps},
+            "mechanism": self.mechanism, "accountant": self.accountant, "libraries": dict(self.libraries),
+        }
+        optional = {"written": self.written, "method": self.method, "warning": self.warning,
+                    "teacher": dict(self.teacher) if self.teacher is not None else None,
+                    "data": self.data.to_dict() if self.data else None}
+        report.update({k: v for k, v in optional.items() if v is not None})
+        if self.stages:
+            report["stages"] = [dict(s) for s in self.stages]
+        return json_safe(report)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrivacyReport:
+        spent = d.get("spent") or {}
+        steps = spent.get("steps", 0)
+        return cls(
+            private=bool(d.get("private", True)), plan=d.get("plan") or {},
+            planned_epsilon=_number(d.get("planned_epsilon")),
+            spent=Spent(epsilon=_number(spent.get("epsilon")), delta=float(spent.get("delta", 0.0)),
+                        steps=dict(steps) if isinstance(steps, Mapping) else int(steps or 0)),
+            accountant=str(d.get("accountant", "unknown")), mechanism=str(d.get("mechanism", DP_SGD_MECHANISM)),
+            method=d.get("method"), stages=tuple(d.get("stages") or ()),
+            data=Provenance.from_dict(d["data"]) if d.get("data") else None, warning=d.get("warning"),
+            teacher=d.get("teacher"), libraries=d.get("libraries") or {}, written=d.get("written"))

@@ -1,0 +1,53 @@
+"""The privacy report and provenance as dataclasses: the JSON a release carries is their ``to_dict``, readers
+parse it back unchanged, and reports written before a field existed still read."""
+
+import json
+
+import pytest
+
+from dpdiffusion.cli import main
+from dpdiffusion.privacy.report import DataDescription, PrivacyReport, Provenance, Spent
+from tests.tiny import TINY_RUN, write_config
+
+SINGLE = PrivacyReport(private=True, plan={"noise_multiplier": 1.2, "sample_rate": 0.01, "steps": 10, "delta": 1e-5},
+                       planned_epsilon=3.0, spent=Spent(epsilon=2.5, delta=1e-5, steps=8), accountant="prv",
+                       method="DPDM", libraries={"torch": "2"}, written="2026-01-01T00:00:00+00:00",
+                       data=Provenance(private=DataDescription("mnist", 60000), start={"kind": "random initialisation"},
+                                       audit_canaries={"drawn": 4}))
+COMPOSED = PrivacyReport(private=True, plan={"delta": 1e-5, "parts": {"teacher": {"steps": 3}, "student": {"steps": 4}}},
+                         planned_epsilon=float("inf"), spent=Spent(epsilon=1.0, delta=1e-5, steps={"teacher": 3, "student": 1}),
+                         accountant="pld", stages=({"name": "teacher", "reads": "private"},),
+                         data=Provenance(private=DataDescription("imagefolder", 10, path="/x", subset="0:10"),
+                                         public=DataDescription("digits", 500, resolution=8), start={"kind": "k"}),
+                         teacher={"mode": "dp"})
+
+
+@pytest.mark.parametrize("report", [SINGLE, COMPOSED, SINGLE.not_private("NOT private: a test")])
+def test_a_report_reads_back_as_written(report):
+    written = json.loads(json.dumps(report.to_dict()))
+    again = PrivacyReport.from_dict(written)
+    assert again.to_dict() == written
+    if report.planned_epsilon != float("inf"):  # JSON writes infinity as "inf"
+        assert again == report
+
+
+def test_parts_name_each_dp_stage():
+    assert list(SINGLE.parts) == ["dpsgd"] and list(COMPOSED.parts) == ["teacher", "student"]
+    assert SINGLE.not_private("why").warning == "why" and not SINGLE.not_private("why").private
+
+
+def test_an_older_report_without_method_stages_or_data_still_reads():
+    old = {"private": True, "plan": {"steps": 2}, "planned_epsilon": 5.0,
+           "spent": {"steps": 2, "epsilon": 4.9, "delta": 1e-4}, "mechanism": "m", "accountant": "prv"}
+    report = PrivacyReport.from_dict(old)
+    assert report.epsilon == 4.9 and report.method is None and report.stages == () and report.data is None
+
+
+def test_a_runs_release_is_the_dataclass_json(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", write_config(tmp_path, TINY_RUN), "--run-dir", str(run)]) == 0
+    written = json.loads((run / "release" / "privacy.json").read_text())
+    report = PrivacyReport.from_dict(written)
+    assert report.to_dict() == written
+    assert report.data is not None and report.data.private == DataDescription("digits", 1437)  # the held-out fifth is the test split
+    assert report.method == "DPDM" and [s["name"] for s in report.stages] == ["dpsgd"]
