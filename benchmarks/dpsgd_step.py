@@ -19,6 +19,13 @@ K. One warm-up step on a single chunk comes first. Modes:
   vmap       our DP step with torch.func vmap per-example gradients (the reference engine)
   opacus     our DP step with stock Opacus hooks computing the per-example gradients
 "ratio_dp_to_plain" is the default engine's ratio in the first cell.
+
+    python benchmarks/dpsgd_step.py --noise --ks 1 --batches 256   # the secret noise's share of a DP step
+
+``--noise`` times, in one process and taking turns, the DP noise of one step for every parameter of the model
+from the secret stream (``dpsgd.secret_random``: SHAKE-128, float64 Box-Muller, a sum of two Gaussians, added
+in float64), torch's Mersenne-Twister ``randn`` added in float32 (what the noise cost before), and one
+default-engine DP step on the batch, and prints each noise's share of the step.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from dpdiffusion.allocator import keep_freed_memory
 from dpdiffusion.config import Performance
 from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import EDMPrecond
+from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.dpsgd.step import DPSGD
 from dpdiffusion.nets.unet import UNet, UNetConfig, count_parameters
 from dpdiffusion.privacy.ledger import PrivacyLedger
@@ -102,7 +110,7 @@ def make_step(mode: str, precond, loss, expected_batch_size: int, micro_batch_si
         precond, loss, optimizer, ledger=PrivacyLedger(plan),
         performance=Performance(engine="layerwise" if mode == "materialised" else mode,
                                 micro_batch_size=micro_batch_size),
-        draw_seed=1, noise_generator=torch.Generator().manual_seed(2),
+        draw_seed=1, noise=SecretStream.fresh(b"noise"),
     )
     if mode == "materialised":
         dp.engine.ghost = "never"
@@ -206,6 +214,40 @@ def one_process_cell(batch: int, k: int, modes: list[str], args) -> dict:
     return row
 
 
+def noise_cost(batch: int, k: int, args) -> dict:
+    """Seconds of the secret noise, of torch's randn noise and of one DP step, side by side (see --noise)."""
+    from dpdiffusion.dpsgd.noise import add_noise
+
+    torch.set_num_threads(args.threads)
+    if args.allocator == "keep":
+        keep_freed_memory()
+    precond, loss, data = build(batch, k, model=args.model)
+    zeros = {n: torch.zeros_like(p) for n, p in precond.named_parameters()}
+    stream, generator = SecretStream.fresh(b"noise"), torch.Generator().manual_seed(0)
+
+    def secure() -> None:
+        add_noise(zeros, noise_multiplier=1.0, max_grad_norm=1.0, stream=stream)
+
+    def mersenne() -> None:
+        {n: z + torch.randn(z.shape, generator=generator) for n, z in zeros.items()}
+
+    dp_step = make_step("layerwise", precond, loss, batch, max(1, args.rows // k))
+    for _ in range(args.warmup):
+        secure(), mersenne(), dp_step({name: v[: max(1, args.rows // k)] for name, v in data.items()})
+    times: dict[str, list[float]] = {"secure_noise": [], "randn_noise": [], "dp_step": []}
+    for _ in range(args.reps):
+        for name, run in (("secure_noise", secure), ("randn_noise", mersenne), ("dp_step", lambda: dp_step(data))):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    medians = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+    return {"benchmark": "noise", "model": args.model, "parameters": count_parameters(precond), "batch": batch, "k": k,
+            "threads": args.threads, **medians, **{f"{name}_times_s": t for name, t in times.items()},
+            "secure_noise_share_of_step": medians["secure_noise_s"] / medians["dp_step_s"],
+            "randn_noise_share_of_step": medians["randn_noise_s"] / medians["dp_step_s"],
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"}
+
+
 def markdown(results: list[dict]) -> str:
     """Seconds per step of plain, ratios to plain and peak extra memory, one line per (batch, K)."""
     lines = ["| B | K | plain s | " + " | ".join(f"{m}/plain" for m in MODES[1:])
@@ -237,6 +279,7 @@ def main() -> None:
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
                         help="keep: dpdiffusion.allocator.keep_freed_memory() in every mode, as training does")
     parser.add_argument("--channels-last", action="store_true", help="model and images in channels-last layout")
+    parser.add_argument("--noise", action="store_true", help="the secret noise's cost next to a DP step (see above)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print recorded results as one markdown table")
@@ -250,6 +293,14 @@ def main() -> None:
 
     if args.table:
         print(markdown([json.load(open(path)) for path in args.table]))
+        return
+    if args.noise:
+        batch, k = int(args.batches.split(",")[0]), int(args.ks.split(",")[0])
+        result = noise_cost(batch, k, args)
+        print(json.dumps(result, indent=None if args.json else 1))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
         return
     modes = args.modes.split(",")
     rows = []

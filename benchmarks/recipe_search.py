@@ -37,6 +37,7 @@ def seconds_per_step(source: str, overrides: list[str], probe_steps: int = 3) ->
     import torch
 
     from dpdiffusion.data.datasets import load_dataset
+    from dpdiffusion.dpsgd.secret_random import SecretStream
     from dpdiffusion.dpsgd.step import DPSGD
     from dpdiffusion.methods import dpdm
     from dpdiffusion.privacy.ledger import PrivacyLedger
@@ -54,7 +55,7 @@ def seconds_per_step(source: str, overrides: list[str], probe_steps: int = 3) ->
                        multiplicity=privacy.multiplicity)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.lr)
     dp = DPSGD(model, loss, optimizer, ledger=PrivacyLedger(plan), performance=config.performance, draw_seed=1,
-               noise_generator=torch.Generator().manual_seed(2))
+               noise=SecretStream.fresh(b"noise"))
     generator = torch.Generator().manual_seed(0)
     shape = (privacy.batch_size, config.model.in_channels, config.model.img_resolution, config.model.img_resolution)
     batch = {"x": torch.rand(shape, generator=generator) * 2 - 1,

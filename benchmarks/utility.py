@@ -91,13 +91,14 @@ def train(source: str, overrides: list[str], run_dir: Path) -> dict:
     from dpdiffusion.cli import main as cli
     from dpdiffusion.diffusion.generate import load_release
     from dpdiffusion.io import json_safe, write_json_atomic
+    from dpdiffusion.release import released_config
     from dpdiffusion.runconfig import load_config
 
     timing = run_dir / "owner" / "utility" / "train.json"
     previous = json.loads(timing.read_text()) if timing.is_file() else {}
     if (run_dir / "release" / "model.safetensors").is_file():
         _, released, _ = load_release(run_dir)
-        wanted = _flat(json_safe(load_config(source, overrides).to_dict()))
+        wanted = _flat(json_safe(released_config(load_config(source, overrides).to_dict())[0]))  # as released
         have = _flat(json_safe(released.to_dict()))
         differ = sorted(k for k in set(wanted) | set(have)  # sampling settings do not change the trained model
                         if wanted.get(k) != have.get(k) and k not in ("data.data_dir", "name", "description")
@@ -142,8 +143,9 @@ def sample(run_dir: Path, sampling, num: int, seed: int = 0) -> tuple[np.ndarray
     return images, labels, seconds
 
 
-def image_metrics(images: np.ndarray, data, protocol: Protocol, inception: str | None) -> dict:
-    """FID against each reference split (whole) and precision/recall, on the first ``fid_synthetic`` images."""
+def image_metrics(images: np.ndarray, data, protocol: Protocol, inception: str | None, cache: Path | None = None) -> dict:
+    """FID against each reference split (whole) and precision/recall, on the first ``fid_synthetic`` images;
+    reference features cached in ``cache`` (the run's owner side; None: the shared cache)."""
     from dpdiffusion.evaluation.evaluate import EvaluationSettings, reference_features
     from dpdiffusion.evaluation.fid import Statistics, frechet_distance
     from dpdiffusion.evaluation.inception import inception_features, load_detector
@@ -155,7 +157,7 @@ def image_metrics(images: np.ndarray, data, protocol: Protocol, inception: str |
     out: dict = {"fid": {}, "synthetic_images": len(scored)}
     references = {}
     for split in dict.fromkeys((*protocol.fid_references, protocol.pr_reference)):
-        settings = EvaluationSettings(ref_split=split, inception=inception)
+        settings = EvaluationSettings(ref_split=split, inception=inception, cache=cache)
         references[split] = reference_features(data, settings, detector)
     for split in protocol.fid_references:
         real, info = references[split]
@@ -197,6 +199,8 @@ def run(args: argparse.Namespace) -> dict:
     from dpdiffusion.diffusion.samplers import network_evaluations
     from dpdiffusion.evaluation.evaluate import real_images
     from dpdiffusion.evaluation.report import save_comparison_grid
+    from dpdiffusion.release import owner_data
+    from dpdiffusion.run_folder import RunFolder
 
     protocol = QUICK if args.quick else FULL
     custom = {k: v for k, v in (("synthetic", args.num), ("epochs", args.epochs), ("fid_synthetic", args.fid_num))
@@ -215,12 +219,12 @@ def run(args: argparse.Namespace) -> dict:
                  if v is not None}
     sampling = dataclasses.replace(config.sampling, **overrides)
     images, labels, phases["sample"] = sample(run_dir, sampling, protocol.synthetic)
-    data = dataclasses.replace(config.data, resolution=config.model.img_resolution)
+    data = dataclasses.replace(owner_data(run_dir, config.data), resolution=config.model.img_resolution)
     num_classes = config.model.num_classes
     test_images, test_labels = real_images(data, "test")  # read once: the classifiers' test set and the picture
 
     start = time.perf_counter()
-    metrics = image_metrics(images, data, protocol, args.inception)
+    metrics = image_metrics(images, data, protocol, args.inception, RunFolder(run_dir).cache)
     phases["features"] = time.perf_counter() - start
     start = time.perf_counter()
     metrics["downstream"] = classifier_metrics(images, labels, (test_images, test_labels), data, protocol, num_classes,

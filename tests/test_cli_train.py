@@ -67,10 +67,10 @@ def test_presets_listed(capsys):
 
 def test_interrupted_cli_run_resumes_to_the_uninterrupted_result(config, tmp_path, monkeypatch, capsys):
     """Ctrl-C after the step-2 checkpoint, then `train --resume`: same weights and ledger as a straight run."""
-    import dpdiffusion.dpsgd.mechanism as mechanism
+    import dpdiffusion.dpsgd.secret_random as secret_random
     import dpdiffusion.training as training
 
-    monkeypatch.setattr(mechanism, "secret_seeds", lambda _: (11, 12))  # the same secret streams for both runs
+    monkeypatch.setattr(secret_random.secrets, "token_bytes", bytes)  # the same secret keys for both runs
     cfg = ["train", config, "--set", "privacy.steps=5"]
     assert main([*cfg, "--run-dir", str(tmp_path / "straight")]) == 0
 

@@ -21,6 +21,7 @@ from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.runconfig import TrainingConfig
 from dpdiffusion.training import Trainer
+from dpdiffusion.dpsgd.secret_random import SecretStream
 from tests.dpsgd.toys import NoisyRegressionLoss, TinyDenoiser, make_batch
 from tests.tiny import TINY_RUN, write_config
 
@@ -118,7 +119,7 @@ def _noise_only(rank, size, rendezvous, out):
                            noise_multiplier=SIGMA, delta=1e-3)
         dp = DPSGD(model, NoisyRegressionLoss(1), torch.optim.SGD(model.parameters(), lr=1.0),
                    ledger=PrivacyLedger(plan), draw_seed=0, world=world,
-                   noise_generator=torch.Generator().manual_seed(1000 + rank))  # each rank its own stream
+                   noise=SecretStream.fresh(b"noise"))  # each rank its own stream
         zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
         samples = torch.cat([torch.cat([g.flatten() for g in dp.noisy_mean(zeros).values()]) for _ in range(DRAWS)])
         save_file({"noise": samples}, f"{out}-{rank}.safetensors")

@@ -219,5 +219,5 @@ def test_a_mechanism_is_one_poisson_sampled_gaussian_per_step():
     assert mechanism.steps_taken == 1 and mechanism.event(mechanism.steps_taken).steps == 1
     tensors: dict = {}
     meta = mechanism.state_dict(tensors)
-    assert meta["ledger"]["steps_taken"] == 1 and "rng.sampling" in tensors and "rng.noise" in tensors
+    assert meta["ledger"]["steps_taken"] == 1 and "secret.sampling" in tensors and "secret.noise" in tensors
     assert math.isfinite(plan.planned_epsilon)

@@ -260,6 +260,8 @@ def add_evaluate_parser(subparsers) -> None:
     parser.add_argument("--epochs", type=_count, default=50, help="classifier epochs (DPDM: 50)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the classifiers trained on real data")
     parser.add_argument("--batch-size", type=_count, default=256, help="sampling batch size")
+    parser.add_argument("--cache-dir", help="where reference features are cached (default: RUN_DIR/owner/cache for a "
+                        "run folder, else the shared cache); `dpdiffusion clear-cache` removes them")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -269,6 +271,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from dpdiffusion.evaluation.classifiers import CLASSIFIERS, ClassifierSettings
     from dpdiffusion.evaluation.evaluate import EvaluationSettings, evaluate, load_samples, read_log
     from dpdiffusion.evaluation.report import write_report
+    from dpdiffusion.release import check_located, owner_data
     from dpdiffusion.run_folder import RunFolder
     from dpdiffusion.runconfig import DataConfig
 
@@ -281,6 +284,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics=tuple(m for m in args.metrics.split(",") if m), num=args.num, seed=args.seed, ref_split=args.ref_split,
         ref_num=args.ref_num, fid_num=args.fid_num, pr_num=args.pr_num, classifiers=classifiers, inception=args.inception,
         classifier=ClassifierSettings(epochs=args.epochs, seed=args.seed), ceiling=not args.no_ceiling,
+        cache=Path(args.cache_dir) if args.cache_dir else (RunFolder(source).cache if source.is_dir() else None),
     )
     if source.is_dir():
         import numpy as np
@@ -288,10 +292,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from dpdiffusion.diffusion.generate import generate, load_release
 
         model, config, privacy = load_release(source)
-        data = dataclasses.replace(config.data, name=args.dataset or config.data.name,
-                                   data_dir=args.data_dir or config.data.data_dir, resolution=config.model.img_resolution,
-                                   path=args.data_path or config.data.path,
-                                   test_path=args.test_path or config.data.test_path)
+        located = owner_data(source, config.data)  # the release withholds the private data's paths
+        data = dataclasses.replace(located, name=args.dataset or located.name, data_dir=args.data_dir or located.data_dir,
+                                   resolution=config.model.img_resolution, path=args.data_path or located.path,
+                                   test_path=args.test_path or located.test_path)
+        check_located(data, "--data-path (and --test-path)")
         out = Path(args.out) if args.out else RunFolder(source).evaluation
         images, labels = generate(model, config, num=settings.num, seed=settings.seed, batch_size=args.batch_size,
                                   progress=True)
@@ -337,6 +342,8 @@ def add_audit_parser(subparsers) -> None:
     parser.add_argument("--noises", type=_count, default=2, help="noise draws per level and image")
     parser.add_argument("--seed", type=_positive_int, default=0, help="public seed of the choice of images and noises")
     parser.add_argument("--data-dir", help="local dataset copies (as for train)")
+    parser.add_argument("--data-path", help="imagefolder: the training folder (default: from RUN_DIR/config.json)")
+    parser.add_argument("--test-path", help="imagefolder: the held-out folder (default: from RUN_DIR/config.json)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run_audit)
 
@@ -347,7 +354,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
     report = audit_run(args.run_dir, members=args.members, grid=ScoreGrid(levels=args.levels, noises=args.noises,
                                                                            seed=args.seed),
-                       seed=args.seed, data_dir=args.data_dir)
+                       seed=args.seed, data_dir=args.data_dir, data_path=args.data_path, test_path=args.test_path)
     if args.json:
         print(json.dumps(json_safe(report)))
         return 0
@@ -359,6 +366,32 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"canary audit: epsilon >= {c['epsilon_lower_bound']:.3f} at {c['confidence']:.0%} confidence "
               f"({c['best']['correct']}/{c['best']['guesses']} correct, {c['canaries']} canaries)")
     print(f"report: {args.run_dir}/owner/audit/report.html")
+    return 0
+
+
+def add_clear_cache_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "clear-cache", help="remove cached Inception reference features (of private data: un-noised)",
+        description="Remove the Inception features of real images that `evaluate` caches: a run's (RUN_DIR/owner/cache), "
+                    "a cache folder's (--cache-dir), or the shared cache's. Downloads and the detector are kept.")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder (default: the shared cache)")
+    parser.add_argument("--cache-dir", help="a cache folder given to `evaluate --cache-dir`")
+    parser.set_defaults(handler=run_clear_cache)
+
+
+def run_clear_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpdiffusion.evaluation.fid import clear_reference_cache, shared_cache
+    from dpdiffusion.run_folder import RunFolder
+
+    if args.run_dir and args.cache_dir:
+        raise CliError("give RUN_DIR or --cache-dir, not both")
+    if args.run_dir and not Path(args.run_dir).is_dir():
+        raise CliError(f"{args.run_dir} is not a run folder")
+    root = RunFolder(args.run_dir).cache if args.run_dir else Path(args.cache_dir) if args.cache_dir else shared_cache()
+    removed = clear_reference_cache(root)
+    print(f"removed {len(removed)} cached feature file{'' if len(removed) == 1 else 's'} from {root}")
     return 0
 
 
@@ -376,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_audit_parser(subparsers)
+    add_clear_cache_parser(subparsers)
     return parser
 
 

@@ -1,13 +1,16 @@
 """The run folder's layout, in one place: what may be released apart from what stays with the data owner.
 
-    RUN_DIR/config.json           the run's configuration (written once training starts cleanly)
+    RUN_DIR/config.json           the run's configuration (written once training starts cleanly), with the private
+                                  data's paths: the owner's, like everything outside release/ (a release carries
+                                  the configuration with those withheld: ``dpdiffusion.release``)
     RUN_DIR/release/              model.safetensors (EMA weights), privacy.json (plan, stages and spend),
                                   synthetic/ (samples drawn from the release)
     RUN_DIR/public/               the public pretraining stage: its model and loss log (public data only)
     RUN_DIR/teacher/              DP-SAD's DP teacher: a run folder of its own
     RUN_DIR/owner/                checkpoints/ (weights, EMA, optimizer, secret generator states, ledgers),
                                   stages.json (finished stages: plan, settings, output sha256), log.jsonl
-                                  (un-noised statistics), audit/, evaluation/, utility/ -- never released
+                                  (un-noised statistics), audit/, evaluation/, utility/, cache/ (reference
+                                  features of the real data for FID) -- never released
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class RunFolder:
         self.log = self.owner / "log.jsonl"
         self.audit = self.owner / "audit"
         self.evaluation = self.owner / "evaluation"
+        self.cache = self.owner / "cache"  # evaluation's reference features (of private data: un-noised)
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:08d}.safetensors"

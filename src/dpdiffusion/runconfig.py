@@ -68,6 +68,15 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     multiplicity: int = 1
     accountant: Literal["prv", "pld", "rdp"] = "prv"  # privacy.accounting.ACCOUNTANTS
+    # A public size N^ declared for the private dataset: the plan is for N^ (q = B / N^, the default delta
+    # 1 / (10 N^), epochs in N^ examples), so that no release carries the private size N, which is private
+    # under add/remove adjacency. Poisson sampling still runs over every real example at rate q = B / N^.
+    # None: the plan uses N, and the release says so.
+    public_dataset_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.public_dataset_size is not None and self.public_dataset_size < 1:
+            raise ValueError(f"public_dataset_size must be >= 1, got {self.public_dataset_size}")
 
 
 @dataclass(frozen=True)
@@ -320,15 +329,34 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
+def planned_size(privacy: PrivacyConfig, dataset_size: int) -> int:
+    """N of the plan: the declared public size N^ (``privacy.public_dataset_size``) if given, else the private
+    dataset's size N."""
+    return privacy.public_dataset_size if privacy.public_dataset_size is not None else dataset_size
+
+
+def plan_delta(privacy: PrivacyConfig, dataset_size: int) -> float:
+    """delta: ``privacy.delta``, else 1 / (10 N) of the plan's N. With a declared size it must also lie below
+    1 / N of the private dataset itself (an owner-side check: the error stays on the owner's terminal)."""
+    size = planned_size(privacy, dataset_size)
+    delta = privacy.delta if privacy.delta is not None else 1 / (10 * size)
+    if privacy.public_dataset_size is not None and not delta < 1 / dataset_size:
+        raise ConfigError(f"privacy.public_dataset_size: delta {delta:g} is not below 1/N of the private dataset; "
+                          "declare a size nearer the dataset's or set privacy.delta lower")
+    return delta
+
+
 def resolve_plan(privacy: PrivacyConfig, dataset_size: int) -> PrivacyPlan:
     """The ``PrivacyPlan`` for a dataset of ``dataset_size`` examples: sigma calibrated to the target epsilon,
-    or the given noise multiplier (checked against the target when both are set)."""
-    delta = privacy.delta if privacy.delta is not None else 1 / (10 * dataset_size)
-    steps = steps_for(steps=privacy.steps, epochs=privacy.epochs, dataset_size=dataset_size,
+    or the given noise multiplier (checked against the target when both are set). The plan is for the declared
+    public size when ``privacy.public_dataset_size`` is set (``planned_size``)."""
+    delta = plan_delta(privacy, dataset_size)
+    size = planned_size(privacy, dataset_size)
+    steps = steps_for(steps=privacy.steps, epochs=privacy.epochs, dataset_size=size,
                       expected_batch_size=privacy.batch_size)
     if steps < 1:
         raise ConfigError(f"privacy: a run needs at least 1 step, got {steps}")
-    common: dict[str, Any] = dict(delta=delta, dataset_size=dataset_size, expected_batch_size=privacy.batch_size,
+    common: dict[str, Any] = dict(delta=delta, dataset_size=size, expected_batch_size=privacy.batch_size,
                                   max_grad_norm=privacy.max_grad_norm, multiplicity=privacy.multiplicity,
                                   accountant=privacy.accountant)
     if privacy.noise_multiplier is not None:

@@ -24,6 +24,7 @@ from torch import nn
 from dpdiffusion import distributed
 from dpdiffusion.config import Performance
 from dpdiffusion.data.dataset import Dataset, fingerprint
+from dpdiffusion.dpsgd import secret_random
 from dpdiffusion.dpsgd.mechanism import DPMechanism
 from dpdiffusion.dpsgd.per_example import PerExampleLoss
 from dpdiffusion.dpsgd.step import StepReport
@@ -32,12 +33,15 @@ from dpdiffusion.loop import TrainingLoop
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.ledger import LedgerMismatchError, PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan
-from dpdiffusion.privacy.report import COMPOSED_MECHANISM, PrivacyReport, Provenance, Spent
+from dpdiffusion.privacy.report import COMPOSED_MECHANISM, DatasetSize, PrivacyReport, Provenance, Spent
+from dpdiffusion.release import released_config
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import TrainingConfig
 from dpdiffusion.stages import Stage, StageRecords
 
 MAIN = "dpsgd"  # the stage name of a run's main DP mechanism (DPDM, fine-tuning)
+REPRODUCIBLE = ("NOT differentially private: batch selection and noise were derived from a fixed secret_seed (a "
+                "reproducibility test), so anyone who knows the seed can remove the noise")
 
 
 class ResumeError(LedgerMismatchError):
@@ -66,6 +70,7 @@ class Trainer(TrainingLoop):
         method: str = "DPDM",
         main: str = MAIN,
         not_private: str | None = None,
+        size_declared: bool = False,
     ):
         """``plan``: the main mechanism's; ``composed``: the run's plan of every DP stage (default: this
         mechanism alone); ``stages``: the run's stages for the report (default: this one). ``training.seed``
@@ -73,7 +78,8 @@ class Trainer(TrainingLoop):
         and the DP noise, which the guarantee needs kept secret: leave it None (fresh OS entropy, stored only in
         the owner's checkpoints) except for reproducibility tests. ``provenance``: which data was private and
         public and where training started; ``network``: what a release needs to rebuild a network that
-        ``config`` does not describe; ``world``: this process's rank among the job's."""
+        ``config`` does not describe; ``world``: this process's rank among the job's; ``size_declared``: the
+        plan's N is a public size declared for the private dataset (the report says which N it is)."""
         self.run = RunFolder(run_dir)
         super().__init__(model, loss, total_steps=plan.steps, ema_decay=training.ema_decay,
                          checkpoints=self.run.checkpoints, log=self.run.log, log_every=training.log_every,
@@ -83,6 +89,7 @@ class Trainer(TrainingLoop):
         self.secret_seed = secret_seed
         self.provenance, self.network, self.method = provenance, network, method
         self._not_private = not_private
+        self.dataset_size = DatasetSize(plan.dataset_size, declared=size_declared)  # the plan's N, and its source
         self.composed = composed or ComposedPlan.single(main, plan)
         self.stages = list(stages) or [Stage(main, "private", plan)]
         self.fingerprint = fingerprint(dataset)
@@ -194,6 +201,8 @@ class Trainer(TrainingLoop):
 
     def not_private(self) -> str | None:
         """Why the release is NOT differentially private end to end, if it is not (said in its report)."""
+        if any(m.reproducible for m in self.mechanisms.values()):
+            return REPRODUCIBLE
         return self._not_private
 
     def privacy_report(self) -> PrivacyReport:
@@ -207,15 +216,19 @@ class Trainer(TrainingLoop):
                                    spent=Spent(epsilon=self.epsilon_spent(), delta=self.composed.delta,
                                                steps=self.steps_taken()),
                                    mechanism=COMPOSED_MECHANISM, accountant=self.composed.accountant, **written_with())
+        reproducible = any(m.reproducible for m in self.mechanisms.values())
         report = dataclasses.replace(report, method=self.method, stages=tuple(self.described_stages),
-                                     data=self.provenance)
+                                     data=self.provenance, randomness=secret_random.describe(reproducible),
+                                     dataset_size=self.dataset_size)
         reason = self.not_private()
         return report.not_private(reason) if reason else report
 
     def release(self) -> None:
-        """Write what may leave the data owner: the EMA weights and the privacy report."""
+        """Write what may leave the data owner: the EMA weights and the privacy report, with the configuration in the
+        weights' header less the private data's locations (``release.released_config``; listed as ``withheld``)."""
         privacy = self.privacy_report().to_dict()
-        header = {"config": self.config, "privacy": privacy}
+        config, withheld = released_config(self.config)  # the private data's locations stay with the owner
+        header = {"config": config, "privacy": privacy, "withheld": withheld}
         if self.network:
             header["network"] = self.network
         metadata = {"dpdiffusion": json.dumps(json_safe(header))}

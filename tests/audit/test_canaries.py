@@ -126,3 +126,23 @@ def test_with_canaries_keeps_the_draw_on_resume_and_refuses_mismatches(tmp_path)
         with_canaries(data, 12, 10, tmp_path, resume=False)
     with pytest.raises(ValueError, match="without canaries"):
         with_canaries(data, 12, 10, tmp_path / "other", resume=True)
+
+
+def test_a_single_canary_is_refused_in_one_line_and_two_give_a_valid_result(tmp_path, capsys):
+    from dpdiffusion.audit.canaries import check_canary_count
+    from dpdiffusion.cli import main
+    from tests.tiny import TINY_RUN, write_config
+
+    with pytest.raises(ValueError, match="at least 2 canaries") as refused:
+        audit_canaries(np.array([0.3]), np.array([True]), delta=1e-5)
+    assert len(str(refused.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="at least 2 canaries"):
+        check_canary_count(0)
+    result = audit_canaries(np.array([0.9, 0.1]), np.array([True, False]), delta=1e-5)
+    assert result["best"]["guesses"] == 2 and result["best"]["correct"] == 2
+    assert 0 <= result["epsilon_lower_bound"] < math.inf
+    run = tmp_path / "run"
+    assert main(["train", write_config(tmp_path, TINY_RUN), "--run-dir", str(run), "--audit-canaries", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 2 canaries" in err[0]
+    assert not (run / "release").exists()

@@ -222,3 +222,55 @@ def test_clipped_sum_with_part_of_a_layer_frozen(name, small_layer, generator):
     assert "conv_out.bias" not in summed and "norm.weight" not in summed and "norm.bias" in summed
     assert stats == expected_stats and stats.clipped > 0
     assert_grads_close(summed, expected)
+
+
+# -- engines leave the model as they found it once closed ---------------------------------------------------------------
+def test_opacus_then_vmap_on_one_model_works_after_close_and_is_refused_in_one_line_without(generator):
+    """Opacus' backward hooks stay on the model (disabled) and break torch.func: a vmap engine on a model an opacus
+    engine still hooks is refused with one line naming close(); after close() it gives the reference gradients."""
+    torch.manual_seed(3)
+    model, loss = TinyDenoiser(), NoisyRegressionLoss(multiplicity=2)
+    batch = make_batch(4, generator)
+    draws = loss.draw(batch, generator)
+    opacus = make_engine("opacus", model, loss)
+    opacus.per_example_grads(batch, draws)
+    with pytest.raises(ValueError, match=r"opacus engine's hooks.*close\(\)") as refused:
+        make_engine("vmap", model, loss)
+    assert len(str(refused.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="close"):
+        make_engine("opacus", model, loss)  # one opacus engine's hooks at a time
+    opacus.close()
+    opacus.close()  # closing twice is harmless
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+    grads, _ = make_engine("vmap", model, loss).per_example_grads(batch, draws)
+    assert_grads_close(grads, reference_per_example_grads(model, loss, batch, draws))
+    again, _ = make_engine("opacus", model, loss).per_example_grads(batch, draws)  # hooks put on afresh
+    assert_grads_close(again, grads)
+
+
+def test_a_vmap_engine_made_before_opacus_hooks_the_model_refuses_too(generator):
+    model, loss = TinyDenoiser(), NoisyRegressionLoss()
+    batch = make_batch(2, generator)
+    vmap_engine = make_engine("vmap", model, loss)
+    opacus = make_engine("opacus", model, loss)
+    with pytest.raises(ValueError, match="close"):
+        vmap_engine.per_example_grads(batch, loss.draw(batch, generator))
+    opacus.close()
+    vmap_engine.per_example_grads(batch, loss.draw(batch, generator))
+
+
+@pytest.mark.parametrize("name", ["opacus", "layerwise", "ghost", "vmap"])
+def test_close_removes_an_engines_hooks_and_a_closed_engine_refuses_work(name, generator):
+    from dpdiffusion.dpsgd.per_example import ClosedEngineError
+
+    model, loss = TinyDenoiser(), NoisyRegressionLoss()
+    batch = make_batch(2, generator)
+    engine = make_engine(name, model, loss)
+    engine.close()
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    if name == "vmap":  # it has no hooks: closing changes nothing
+        engine.per_example_grads(batch, loss.draw(batch, generator))
+        return
+    with pytest.raises(ClosedEngineError, match="closed"):  # never zero gradients for want of hooks
+        engine.per_example_grads(batch, loss.draw(batch, generator))

@@ -9,6 +9,7 @@ from dpdiffusion.distributed import block_generator
 from dpdiffusion.dpsgd.step import DPSGD
 from dpdiffusion.privacy.ledger import PrivacyBudgetError, PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
+from dpdiffusion.dpsgd.secret_random import SecretStream
 from tests.dpsgd.toys import NoisyRegressionLoss, TinyDenoiser, make_batch
 
 
@@ -28,7 +29,7 @@ def make_dpsgd(model, plan, *, engine="vmap", micro_batch_size=64, multiplicity=
         ledger=PrivacyLedger(plan),
         performance=Performance(engine=engine, micro_batch_size=micro_batch_size),
         draw_seed=seed,
-        noise_generator=torch.Generator().manual_seed(seed + 1),
+        noise=SecretStream.reproducible_from(seed + 1, b"noise"),
     )
 
 
@@ -94,11 +95,12 @@ def test_update_is_clipped_sum_plus_noise_over_expected_batch_size(generator):
     batch = make_batch(3, generator)  # realised size 3, public expected size 10
     draws = dp.draw(batch, first_block=0)  # the draws of step 0, block 0 (what the step will draw)
     summed, _, _ = dp.clipped_sum(batch, draws)
-    noise_generator = torch.Generator().manual_seed(1)
-    expected = {}
+    noise = SecretStream.reproducible_from(1, b"noise").normal(sum(s.numel() for s in summed.values()))
+    expected, start = {}, 0
     for name, s in summed.items():
-        noise = torch.randn(s.shape, generator=noise_generator)
-        expected[name] = before[name] - (s + 2.0 * 0.5 * noise) / 10
+        part = noise[start:start + s.numel()].view(s.shape).float()
+        start += s.numel()
+        expected[name] = before[name] - (s + 2.0 * 0.5 * part) / 10
     dp.step(batch)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], atol=1e-6, rtol=1e-5, msg=name)

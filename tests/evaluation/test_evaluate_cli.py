@@ -1,11 +1,12 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dpdiffusion.cli import main
-from tests.tiny import TINY_RUN
+from tests.tiny import TINY_RUN, write_config
 
 
 def digits_samples(path: Path, n: int = 1437) -> Path:
@@ -75,3 +76,37 @@ def test_evaluate_a_run_folder_generates_samples_and_reports_privacy_and_curves(
     page = (out / "report.html").read_text()
     assert "epsilon spent" in page and page.count("<svg") == 2  # loss and epsilon over steps
     assert not (run / "release" / "evaluation").exists()
+
+
+INCEPTION = os.environ.get("DPDIFFUSION_INCEPTION")
+
+
+@pytest.mark.skipif(not (INCEPTION and Path(INCEPTION).is_file()), reason="needs the Inception detector "
+                    "(DPDIFFUSION_INCEPTION)")
+def test_a_runs_reference_features_stay_on_the_owners_side_and_clear_cache_removes_them(tmp_path, monkeypatch, capsys):
+    """Features of the private training split are un-noised functions of private data: a run's evaluation caches
+    them under RUN_DIR/owner/cache (named in the report), never in the shared cache; `clear-cache` removes them."""
+    shared = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    run = tmp_path / "run"
+    assert main(["train", write_config(tmp_path, TINY_RUN), "--run-dir", str(run)]) == 0
+    assert main(["evaluate", str(run), "--num", "6", "--metrics", "fid", "--ref-num", "6"]) == 0
+    cached = list((run / "owner" / "cache").glob("*.features.npy"))
+    assert len(cached) == 1 and not (shared / "dpdiffusion" / "fid").exists()
+    saved = json.loads((run / "owner" / "evaluation" / "metrics.json").read_text())
+    assert saved["metrics"]["fid"]["reference"]["cache"] == str(run / "owner" / "cache")
+    assert str(run / "owner" / "cache") in (run / "owner" / "evaluation" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["clear-cache", str(run)]) == 0
+    assert "removed 1 cached feature file" in capsys.readouterr().out and not cached[0].exists()
+    # the shared cache: features go, the detector and downloads stay
+    fid = shared / "dpdiffusion" / "fid"
+    fid.mkdir(parents=True)
+    for name in ("mnist-train-28px-10-abc.features.npy", ".mnist-train-28px-10-abc.features.0-5.npy"):
+        np.save(fid / name, np.zeros(2))
+    (shared / "dpdiffusion" / "inception-2015-12-05.pt").write_bytes(b"detector")
+    assert main(["clear-cache"]) == 0
+    assert "removed 2 cached feature files" in capsys.readouterr().out
+    assert not list(fid.iterdir()) and (shared / "dpdiffusion" / "inception-2015-12-05.pt").is_file()
+    assert main(["clear-cache", str(run), "--cache-dir", str(fid)]) == 2
+    assert main(["clear-cache", str(tmp_path / "nowhere")]) == 2

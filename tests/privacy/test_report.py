@@ -6,20 +6,20 @@ import json
 import pytest
 
 from dpdiffusion.cli import main
-from dpdiffusion.privacy.report import DataDescription, PrivacyReport, Provenance, Spent
+from dpdiffusion.privacy.report import DataDescription, DatasetSize, PrivacyReport, Provenance, Spent
 from tests.tiny import TINY_RUN, write_config
 
 SINGLE = PrivacyReport(private=True, plan={"noise_multiplier": 1.2, "sample_rate": 0.01, "steps": 10, "delta": 1e-5},
                        planned_epsilon=3.0, spent=Spent(epsilon=2.5, delta=1e-5, steps=8), accountant="prv",
                        method="DPDM", libraries={"torch": "2"}, written="2026-01-01T00:00:00+00:00",
                        data=Provenance(private=DataDescription("mnist", 60000), start={"kind": "random initialisation"},
-                                       audit_canaries={"drawn": 4}))
+                                       audit_canaries={"drawn": 4}), dataset_size=DatasetSize(60000, declared=False))
 COMPOSED = PrivacyReport(private=True, plan={"delta": 1e-5, "parts": {"teacher": {"steps": 3}, "student": {"steps": 4}}},
                          planned_epsilon=float("inf"), spent=Spent(epsilon=1.0, delta=1e-5, steps={"teacher": 3, "student": 1}),
                          accountant="pld", stages=({"name": "teacher", "reads": "private"},),
                          data=Provenance(private=DataDescription("imagefolder", 10, path="/x", subset="0:10"),
                                          public=DataDescription("digits", 500, resolution=8), start={"kind": "k"}),
-                         teacher={"mode": "dp"})
+                         teacher={"mode": "dp"}, dataset_size=DatasetSize(10, declared=True))
 
 
 @pytest.mark.parametrize("report", [SINGLE, COMPOSED, SINGLE.not_private("NOT private: a test")])
@@ -41,6 +41,15 @@ def test_an_older_report_without_method_stages_or_data_still_reads():
            "spent": {"steps": 2, "epsilon": 4.9, "delta": 1e-4}, "mechanism": "m", "accountant": "prv"}
     report = PrivacyReport.from_dict(old)
     assert report.epsilon == 4.9 and report.method is None and report.stages == () and report.data is None
+    assert report.dataset_size is None and "dataset_size" not in report.to_dict()
+
+
+def test_a_description_without_its_size_reads_and_a_release_never_names_a_path():
+    described = DataDescription("imagefolder", 10, subset="0:10", path="/owner/scans")
+    assert described.released(size_declared=False).to_dict() == {"dataset": "imagefolder", "size": 10, "split": "train",
+                                                                  "subset": "0:10"}
+    assert described.released(size_declared=True).to_dict() == {"dataset": "imagefolder", "split": "train"}
+    assert DataDescription.from_dict({"dataset": "imagefolder", "split": "train"}).size is None
 
 
 def test_a_runs_release_is_the_dataclass_json(tmp_path):

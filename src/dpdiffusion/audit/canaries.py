@@ -45,8 +45,7 @@ class Canaries:
 def draw_canaries(count: int, like: ArrayDataset, num_classes: int, seed: int | None = None) -> Canaries:
     """``count`` random binary images shaped like ``like``'s, random labels, and inclusion with probability 1/2.
     ``seed`` None draws from OS entropy (the inclusion draw is a secret of the audit)."""
-    if count < 1:
-        raise ValueError(f"--audit-canaries must be >= 1, got {count}")
+    check_canary_count(count)
     generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
     shape = (count, *like.x.shape[1:])
     images = (torch.rand(shape, generator=generator) < 0.5).to(torch.uint8) * 255
@@ -104,6 +103,15 @@ def with_canaries(dataset: ArrayDataset, count: int | None, num_classes: int, ru
 
 
 # -- the lower bound -----------------------------------------------------------------------------------------------
+MIN_CANARIES = 2  # the audit guesses "in" for one canary and "out" for another, at least
+
+
+def check_canary_count(count: int) -> None:
+    if count < MIN_CANARIES:
+        raise ValueError(f"the canary audit needs at least {MIN_CANARIES} canaries (one guessed in, one out), got "
+                         f"{count}: train with --audit-canaries {MIN_CANARIES} or more")
+
+
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """Probability of at least ``v`` correct guesses out of ``r`` (of ``m`` canaries) if training were
     (epsilon, delta)-DP (Steinke et al. 2023: the binomial tail of epsilon-DP randomised response plus
@@ -139,6 +147,9 @@ def audit_canaries(scores: np.ndarray, included: np.ndarray, delta: float, confi
     pre-registered k; the reported bound is the best of them, each tested at a Bonferroni-corrected level."""
     scores, included = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
     m = len(scores)
+    check_canary_count(m)
+    if len(included) != m:
+        raise ValueError(f"{m} scores but {len(included)} inclusion flags")
     order = np.argsort(-scores, kind="stable")
     level = (1.0 - confidence) / len(GUESS_FRACTIONS)
     trials = []

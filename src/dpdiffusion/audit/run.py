@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpdiffusion.audit.canaries import audit_canaries, load_canaries
+from dpdiffusion.audit.canaries import audit_canaries, check_canary_count, load_canaries
 from dpdiffusion.audit.membership import ScoreGrid, denoising_scores, membership_metrics
 from dpdiffusion.data.datasets import load_dataset
 from dpdiffusion.data.transforms import to_model_range
 from dpdiffusion.diffusion.generate import load_release
 from dpdiffusion.evaluation.report import svg_plot
 from dpdiffusion.io import write_json_atomic
+from dpdiffusion.release import check_located, owner_data
 from dpdiffusion.run_folder import RunFolder
 
 AUDIT_NOTE = ("Owner-side report: membership scores are computed from private training images and the secret canary "
@@ -32,11 +33,19 @@ def _pick(n: int, count: int, seed: int) -> torch.Tensor:
 
 
 def audit_run(run_dir: str | Path, *, members: int = 1000, grid: ScoreGrid = ScoreGrid(), seed: int = 0,
-              data_dir: str | None = None) -> dict:
-    """Audit a finished run; write ``owner/audit/report.{json,md,html}`` and ``roc.svg``; return the report."""
+              data_dir: str | None = None, data_path: str | None = None, test_path: str | None = None) -> dict:
+    """Audit a finished run; write ``owner/audit/report.{json,md,html}`` and ``roc.svg``; return the report. The
+    private data's settings come from the owner's ``RUN_DIR/config.json`` (the release withholds its paths),
+    overridden by ``data_dir``, ``data_path`` and ``test_path``."""
     run_dir = Path(run_dir)
     model, config, privacy = load_release(run_dir)
-    data = config.data if data_dir is None else dataclasses.replace(config.data, data_dir=data_dir)
+    data = owner_data(run_dir, config.data)
+    data = dataclasses.replace(data, data_dir=data_dir or data.data_dir, path=data_path or data.path,
+                               test_path=test_path or data.test_path)
+    check_located(data, "--data-path and --test-path")
+    canaries = load_canaries(run_dir)
+    if canaries is not None:
+        check_canary_count(len(canaries))  # before the costly scoring
     conditional = bool(config.model.num_classes)
 
     def scores(dataset, rows: torch.Tensor) -> np.ndarray:
@@ -56,7 +65,6 @@ def audit_run(run_dir: str | Path, *, members: int = 1000, grid: ScoreGrid = Sco
         "membership": {**membership_metrics(inside, outside), "attack": "denoising loss",
                        "grid": dataclasses.asdict(grid), "members_from": "train", "nonmembers_from": "test"},
     }
-    canaries = load_canaries(run_dir)
     if canaries is not None:
         x = to_model_range(canaries.images)
         y = canaries.labels if conditional else None

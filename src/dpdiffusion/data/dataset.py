@@ -39,6 +39,40 @@ class ArrayDataset:
         return {"x": self.transform(x) if self.transform else x, "y": self.y[indices]}
 
 
+class DeclaredSize:
+    """``dataset`` with a public size N^ declared for it (``privacy.public_dataset_size``): its plan is for N^
+    (``planned_size``, which the DP mechanism checks), while Poisson sampling still runs over every one of its
+    examples, each included with the public probability q = B / N^. Images, labels and the rest are
+    ``dataset``'s."""
+
+    def __init__(self, dataset: Dataset, planned_size: int):
+        self.dataset, self.planned_size = dataset, planned_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        return self.dataset.batch(indices)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def planned_size(dataset: Dataset) -> int:
+    """The N a plan for ``dataset`` is made for: a declared public size, else its private examples (audit
+    canaries come on top), else its length."""
+    return int(getattr(dataset, "planned_size", len(dataset)))
+
+
+def with_declared_size(dataset: Dataset, size: int | None) -> Dataset:
+    """``dataset`` planned for the declared public size ``size`` (None: for its own)."""
+    if size is None or (isinstance(dataset, DeclaredSize) and dataset.planned_size == size):
+        return dataset
+    return DeclaredSize(dataset, size)
+
+
 def _bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 

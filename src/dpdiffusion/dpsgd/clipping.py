@@ -1,5 +1,9 @@
 """Clipping: each example's whole gradient (all trainable parameters together) is scaled to norm <= C,
-then the clipped gradients are summed. A non-finite per-example gradient contributes zero and is counted."""
+then the clipped gradients are summed. A non-finite per-example gradient contributes zero and is counted.
+
+It holds in floating point: every norm here is an upper bound of the norm of the float vector it measures,
+rounding included (``dpsgd.rounding``), and the clip factor leaves room for its own rounding and that of the
+product, so the float vector an example adds has norm <= C (``tests/dpsgd/test_clipping_exact.py``)."""
 
 from __future__ import annotations
 
@@ -7,11 +11,18 @@ from dataclasses import dataclass
 
 import torch
 
+from dpdiffusion.dpsgd.rounding import U64, gamma, round_up, sqrt_upper, unit_roundoff
+
 Grads = dict[str, torch.Tensor]  # {parameter name: [b, *shape]}
 
 
-# Guards the division for a zero gradient; the clipped norm stays <= C because norm + eps > norm.
+# Guards the division for a zero gradient; the clipped norm stays <= C because norm + eps > norm. It also
+# covers squares lost to underflow (each below 2^-126 in float32).
 _NORM_EPS = 1e-6
+# Elements per float32 partial sum of squares in ``row_norm``: its relative rounding error is at most
+# gamma(258) = 1.5e-5 whatever the reduction order (as fast as one sum over the whole row; blocks of 16, for
+# 1e-6, took 4x as long), and the partial sums are added in float64.
+_BLOCK = 256
 
 
 @dataclass
@@ -29,14 +40,32 @@ class ClipStats:
 
 
 def row_norm(g: torch.Tensor) -> torch.Tensor:
-    """A per-example gradient's L2 norm for each example, shape [b]."""
-    # vector_norm reads the gradient once without a squared copy (b x parameters floats) in memory
-    return torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1)
+    """A per-example gradient's L2 norm for each example, shape [b], never below the exact norm of the float
+    vector. A float32 sum of n squares may be off by gamma(n) = n * 2^-24 relative (6% for a million
+    parameters, were its order adversarial), so squares are summed in blocks of ``_BLOCK`` in the gradient's
+    precision, the blocks' norms squared (exactly) and added in float64, and the result raised by the bound of
+    both; a row of at most ``_BLOCK`` elements is one block, raised in its own precision (the +2 and 4 u:
+    the square root and the roundings of raising it)."""
+    if g.dtype not in (torch.float32, torch.float64):
+        g = g.float()
+    b = g.shape[0]
+    flat = g.reshape(b, -1)  # vector_norm reads the gradient once without a squared copy in memory
+    n, unit = flat.shape[1], unit_roundoff(g.dtype)
+    if n <= _BLOCK:
+        return torch.linalg.vector_norm(flat, dim=1) * (1 + gamma(n + 2, unit) + 4 * unit)
+    whole = n - n % _BLOCK
+    blocks = torch.linalg.vector_norm(flat[:, :whole].view(b, -1, _BLOCK), dim=2)
+    if n > whole:
+        blocks = torch.cat([blocks, torch.linalg.vector_norm(flat[:, whole:], dim=1, keepdim=True)], dim=1)
+    norms = torch.linalg.vector_norm(blocks.double(), dim=1)
+    return round_up(norms * (1 + gamma(_BLOCK + 4, unit) + gamma(blocks.shape[1] + 2, U64)), g.dtype)
 
 
 def combine_norms(parts: list[torch.Tensor]) -> torch.Tensor:
-    """The norm over all parameters from per-parameter norms, shape [b]."""
-    return torch.linalg.vector_norm(torch.stack(parts, dim=0), dim=0)
+    """The norm over all parameters from per-parameter norms, shape [b]: never below the exact norm of the
+    parts (float64, rounded up)."""
+    squares = torch.stack(parts, dim=0).double().pow(2).sum(dim=0)
+    return round_up(sqrt_upper(squares, gamma(len(parts) + 1, U64)), parts[0].dtype)
 
 
 def per_example_norms(grads: Grads) -> torch.Tensor:
@@ -45,8 +74,15 @@ def per_example_norms(grads: Grads) -> torch.Tensor:
 
 
 def clip_factors(norms: torch.Tensor, *, max_grad_norm: float) -> torch.Tensor:
-    """min(1, C / norm) per example, 0 for a non-finite norm."""
-    factors = (max_grad_norm / (norms + _NORM_EPS)).clamp(max=1.0)
+    """min(1, C / norm) per example in the norms' dtype, 0 for a non-finite norm.
+
+    Formed in float64 and shrunk by ``gamma(b + 4)`` in the unit roundoff u of that dtype: rounding the factor
+    to it (at most 1 u up), multiplying a gradient by it (1 u per element) and adding up the b examples'
+    products (``weighted_sum``; book-keeping adds its groups in float64 and rounds once) then cannot lift an
+    example's part of the clipped sum above C. A factor of exactly 1 (norm + eps <= C (1 - gamma)) multiplies
+    exactly."""
+    margin = 1 - gamma(norms.shape[0] + 4, unit_roundoff(norms.dtype))
+    factors = (max_grad_norm / (norms.double() + _NORM_EPS) * margin).clamp(max=1.0).to(norms.dtype)
     return torch.where(torch.isfinite(norms), factors, torch.zeros_like(factors))
 
 

@@ -1,6 +1,6 @@
 """One DP-SGD mechanism: everything between the private dataset and a released update.
 
-``DPMechanism`` owns Poisson batch selection at its public rate q, its secret generators (sampling and noise),
+``DPMechanism`` owns Poisson batch selection at its public rate q, its secret streams (sampling and noise),
 the per-example engine, clipping, the noise (added once), the division by the public expected batch size B, the
 optimizer step and its ledger. Each ``step()`` is one Poisson-subsampled Gaussian mechanism on the dataset;
 ``dp_event()`` is its dp_accounting event over its steps, which a run's plan composes with its other stages'.
@@ -9,11 +9,9 @@ A method with two models trained on private data (DP-SAD's student and discrimin
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import dp_accounting
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,28 +21,34 @@ from dpdiffusion.config import Performance
 from dpdiffusion.data.dataset import Batch, Dataset
 from dpdiffusion.dpsgd.batch_selection import poisson_sample
 from dpdiffusion.dpsgd.per_example import PerExampleLoss
+from dpdiffusion.dpsgd.secret_random import KEY_BYTES, SecretStream
 from dpdiffusion.dpsgd.step import DPSGD, StepReport
 from dpdiffusion.privacy.accounting import SampledGaussian
 from dpdiffusion.privacy.ledger import PrivacyLedger
 from dpdiffusion.privacy.plan import PrivacyPlan
 
 
-def secret_seeds(secret_seed: int | None) -> tuple[int, int]:
-    """Independent seeds for Poisson sampling and for the DP noise: fresh OS entropy, or derived from a
-    fixed ``secret_seed`` (reproducibility tests). torch's CPU generator keeps 32 bits of a seed."""
-    if secret_seed is None:
-        return secrets.randbits(32), secrets.randbits(32)
-    sampling, noise = np.random.SeedSequence(secret_seed).generate_state(2)
-    return int(sampling), int(noise)
+def secret_streams(secret_seed: int | None, key: str, world: distributed.World) -> tuple[SecretStream, SecretStream]:
+    """The mechanism's secret streams for Poisson sampling and for the DP noise: keyed from the OS CSPRNG (the
+    sampling key drawn on rank 0 and shared, so every rank selects the same global batch), or derived from a
+    fixed ``secret_seed`` (reproducibility tests; NOT private)."""
+    sampling_purpose, noise_purpose = f"{key}sampling".encode(), f"{key}noise".encode()
+    if secret_seed is not None:
+        return (SecretStream.reproducible_from(secret_seed, sampling_purpose),
+                SecretStream.reproducible_from(secret_seed, noise_purpose))
+    sampling = SecretStream.fresh(sampling_purpose)
+    (shared,) = distributed.broadcast_ints([int.from_bytes(sampling.key, "little")], world)
+    sampling.key = shared.to_bytes(KEY_BYTES, "little")
+    return sampling, SecretStream.fresh(noise_purpose)  # only rank 0's noise stream is used
 
 
 class DPMechanism:
     """DP-SGD updates of ``model`` on ``dataset`` under ``plan``.
 
-    ``draw_seed``: public seed of the loss's draws; ``secret_seed``: None (fresh OS entropy, kept only in the
-    owner's checkpoints) except in reproducibility tests; ``key``: the prefix of this mechanism's entries in a
-    checkpoint ("" for a run's main mechanism). Every rank draws the same global Poisson batches (rank 0's
-    secret seed, broadcast); only rank 0 adds noise."""
+    ``draw_seed``: public seed of the loss's draws; ``secret_seed``: None (secret streams keyed from the OS
+    CSPRNG, kept only in the owner's checkpoints) except in reproducibility tests (NOT private); ``key``: the
+    prefix of this mechanism's entries in a checkpoint ("" for a run's main mechanism). Every rank draws the
+    same global Poisson batches (rank 0's sampling key, broadcast); only rank 0 adds noise."""
 
     def __init__(self, model: nn.Module, loss: PerExampleLoss, dataset: Dataset, *, plan: PrivacyPlan,
                  optimizer: torch.optim.Optimizer, draw_seed: int, secret_seed: int | None = None,
@@ -56,13 +60,11 @@ class DPMechanism:
         self.model, self.dataset, self.plan, self.key = model, dataset, plan, key
         self.world = world or distributed.current()
         self.device = device or torch.device("cpu")
-        sampling_seed, noise_seed = distributed.broadcast_ints(list(secret_seeds(secret_seed)), self.world)
-        self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
-        self.noise_generator = torch.Generator().manual_seed(noise_seed + self.world.rank)
+        self.sampling, self.noise = secret_streams(secret_seed, key, self.world)
         self.optimizer = optimizer
         self.ledger = PrivacyLedger(plan)
         self.dp = DPSGD(model, loss, optimizer, ledger=self.ledger, performance=performance, draw_seed=draw_seed,
-                        noise_generator=self.noise_generator, world=self.world)
+                        noise=self.noise, world=self.world)
         self.input_shape: tuple[int, ...] | None = None  # public: the data's image shape, set by the first step
 
     @property
@@ -78,7 +80,7 @@ class DPMechanism:
 
     def step(self) -> StepReport:
         """Select a Poisson batch at rate q, then one DP-SGD update on it (clip, noise once, / B, optimizer)."""
-        indices = poisson_sample(len(self.dataset), self.plan.sample_rate, generator=self.sampling_generator)
+        indices = poisson_sample(len(self.dataset), self.plan.sample_rate, stream=self.sampling)
         batch, first = self.share(indices)
         self.input_shape = tuple(batch["x"].shape[1:])
         return self.dp.step(batch, first_block=first)
@@ -91,15 +93,19 @@ class DPMechanism:
     def dp_event(self, steps: int | None = None) -> dp_accounting.DpEvent:
         return self.event(steps).dp_event()
 
-    def generators(self) -> dict[str, torch.Generator]:
-        return {f"{self.key}sampling": self.sampling_generator, f"{self.key}noise": self.noise_generator}
+    @property
+    def reproducible(self) -> bool:
+        """Whether its secret randomness came from a fixed seed (tests only: NOT private)."""
+        return self.sampling.reproducible or self.noise.reproducible
+
+    def streams(self) -> dict[str, SecretStream]:
+        return {f"{self.key}sampling": self.sampling, f"{self.key}noise": self.noise}
 
     def state_dict(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Add the secret generators' states and the optimizer's tensors to ``tensors``; return the metadata
-        (ledger, optimizer layout). Owner-side only: the generator states are secret."""
-        for name, g in self.generators().items():
-            tensors[f"rng.{name}"] = g.get_state()
-        return {f"{self.key}ledger": self.ledger.state_dict(),
+        """Add the secret streams' keys and the optimizer's tensors to ``tensors``; return the metadata (ledger,
+        streams' positions, optimizer layout). Owner-side only: the keys are secret."""
+        streams = {name: stream.state_dict(tensors, name) for name, stream in self.streams().items()}
+        return {f"{self.key}ledger": self.ledger.state_dict(), f"{self.key}secret_streams": streams,
                 f"{self.key}optimizer": flatten_state(f"{self.key}optimizer", self.optimizer.state_dict(), tensors)}
 
     def check_loadable(self, meta: dict[str, Any]) -> None:
@@ -109,5 +115,8 @@ class DPMechanism:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.check_loadable(meta)
         self.optimizer.load_state_dict(unflatten_state(meta[f"{self.key}optimizer"], tensors))
-        for name, g in self.generators().items():
-            g.set_state(tensors[f"rng.{name}"])
+        saved = meta.get(f"{self.key}secret_streams")
+        if saved is None:  # written before secret streams: continue with fresh keys (as secret as the old ones)
+            return
+        for name, stream in self.streams().items():
+            stream.load_state_dict(tensors, name, saved[name])

@@ -59,17 +59,38 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def opacus_hooked(model: nn.Module) -> bool:
+    """Whether Opacus' hooks are on ``model`` (``GradSampleModule`` marks the module it hooks until they are removed)."""
+    return hasattr(model, "autograd_grad_sample_hooks")
+
+
+def check_no_opacus_hooks(model: nn.Module, engine: str) -> None:
+    """Refuse, in one line, a model an Opacus engine left its hooks on: its backward hooks break torch.func."""
+    if opacus_hooked(model):
+        raise ValueError(f"the model still carries an opacus engine's hooks, which the {engine} engine cannot run "
+                         "with: call close() on that engine first")
+
+
+class ClosedEngineError(ValueError):
+    """An engine was used after ``close()``."""
+
+
 class VmapEngine:
     """torch.func: ``vmap`` over examples of ``grad`` of one example's loss (all K draws inside)."""
 
     name = "vmap"
 
     def __init__(self, model: nn.Module, loss: PerExampleLoss):
+        check_no_opacus_hooks(model, self.name)
         self.model = model
         self.loss = loss
 
+    def close(self) -> None:
+        """Nothing to remove: this engine puts no hooks on the model."""
+
     def per_example_grads(self, batch: Batch, draws: Batch) -> tuple[Grads, torch.Tensor]:
         """Per-example gradients ``{name: [b, ...]}`` and per-example losses ``[b]``."""
+        check_no_opacus_hooks(self.model, self.name)  # hooks put on after this engine was made
         params = {n: p.detach() for n, p in trainable_parameters(self.model).items()}
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
         buffers = dict(self.model.named_buffers())
@@ -94,7 +115,8 @@ class OpacusEngine:
 
     Each pass covers the b examples with one of their K draws; its ``grad_sample`` is folded into one
     ``[b, ...]`` accumulator right away, so memory holds b per-example gradients (never b*K rows), and
-    dividing by K gives the gradient of the mean over draws.
+    dividing by K gives the gradient of the mean over draws. Its hooks stay on the model until ``close()``; a
+    model carries one opacus engine's hooks at a time.
     """
 
     name = "opacus"
@@ -102,13 +124,24 @@ class OpacusEngine:
     def __init__(self, model: nn.Module, loss: PerExampleLoss):
         from opacus import GradSampleModule
 
+        check_no_opacus_hooks(model, self.name)
         self.model = model
         self.loss = loss
         self.hooked = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
         self.hooked.disable_hooks()  # on only inside per_example_grads: other forward passes stay plain
+        self.closed = False
+
+    def close(self) -> None:
+        """Remove Opacus' hooks and the attributes it put on the parameters (``grad_sample``), so that another
+        engine (vmap) can use the model; the engine cannot be used after."""
+        if not self.closed:
+            self.hooked.cleanup()
+            self.closed = True
 
     def per_example_grads(self, batch: Batch, draws: Batch) -> tuple[Grads, torch.Tensor]:
         """Per-example gradients ``{name: [b, ...]}`` and per-example losses ``[b]``."""
+        if self.closed:  # without its hooks it would see no per-example gradient at all
+            raise ClosedEngineError("the opacus engine was closed: make a new one")
         params = trainable_parameters(self.model)
         b = batch_size_of(batch)
         if b == 0:
@@ -182,8 +215,14 @@ class LayerwiseEngine:
             raise ValueError(f"{shared}; the per-layer rules would miss one layer's share, use the 'vmap' engine")
         self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []
         self._recording = False
-        for module in self.layers:
-            module.register_forward_hook(self._record)
+        self._hooks = [module.register_forward_hook(self._record) for module in self.layers]
+        self.closed = False
+
+    def close(self) -> None:
+        """Remove its forward hooks from the model's layers; the engine cannot be used after."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self.closed = [], True
 
     def _record(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if self._recording and torch.is_grad_enabled():
@@ -313,6 +352,8 @@ class LayerwiseEngine:
     def _forward_backward(self, batch: Batch, draws: Batch, b: int) -> tuple[list, tuple, torch.Tensor]:
         """One batched forward (recording each trained layer's input and output) and one backward to the
         layers' outputs: (records, output gradients, per-example losses)."""
+        if self.closed:  # without its hooks it would record no layer
+            raise ClosedEngineError(f"the {self.name} engine was closed: make a new one")
         self._records, self._recording = [], True
         try:
             with record_function("dp:forward"):

@@ -29,6 +29,7 @@ from dpdiffusion.dpsgd.per_example import (
     slice_batch,
     trainable_parameters,
 )
+from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.dpsgd.validation import check_per_example
 from dpdiffusion.privacy.ledger import PrivacyLedger
 
@@ -57,11 +58,11 @@ class DPSGD:
         ledger: PrivacyLedger,
         performance: Performance = Performance(),
         draw_seed: int,
-        noise_generator: torch.Generator,
+        noise: SecretStream,
         world: distributed.World | None = None,
     ):
         """``draw_seed``: public seed of the loss's draws, keyed by (step, block of the batch) so that they do
-        not depend on the number of processes; ``noise_generator``: secret, used on rank 0 only."""
+        not depend on the number of processes; ``noise``: the secret stream of the DP noise, used on rank 0 only."""
         check_per_example(model)
         if performance.cpu_allocator == "keep":
             keep_freed_memory()  # per-example buffers are reallocated every micro-batch: keep them mapped
@@ -72,7 +73,7 @@ class DPSGD:
         self.performance = performance
         self.engine = make_engine(performance.engine, model, loss)
         self.draw_seed = draw_seed
-        self.noise_generator = noise_generator
+        self.noise = noise
         self.world = world or distributed.current()
 
     @property
@@ -123,7 +124,7 @@ class DPSGD:
                 summed,
                 noise_multiplier=self.plan.noise_multiplier,
                 max_grad_norm=self.plan.max_grad_norm,
-                generator=self.noise_generator,
+                stream=self.noise,
             )
         total = distributed.all_reduce_sum(list(summed.values()), self.world)
         return {n: g / self.plan.expected_batch_size for n, g in zip(summed, total, strict=True)}

@@ -37,6 +37,7 @@ class EvaluationSettings:
     ceiling: bool = True  # also train each classifier on the real training split
     inception: str | None = None
     progress: bool = True
+    cache: Path | None = None  # reference features' cache: None = the shared one; a run's: RUN_DIR/owner/cache
 
 
 def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -65,15 +66,15 @@ def real_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_features(data: DataConfig, settings: EvaluationSettings, detector) -> tuple[np.ndarray, dict]:
-    """Inception features of the reference images, cached per (dataset settings, split, resolution, count,
-    detector file)."""
+    """Inception features of the reference images, cached in ``settings.cache`` per (dataset settings, split,
+    resolution, count, detector file); the info names the cache."""
     from dpdiffusion.evaluation.inception import detector_path
 
     images, _ = real_images(data, settings.ref_split)
     subset = reference_subset(len(images), settings.ref_num)
     detector_file = detector_path(settings.inception)
     source = json.dumps([dataclasses.asdict(data), str(detector_file.resolve()), detector_file.stat().st_size])
-    path = reference_path(data.name, settings.ref_split, images.shape[1], len(subset), source)
+    path = reference_path(data.name, settings.ref_split, images.shape[1], len(subset), source, settings.cache)
     if path.exists():
         features = np.load(path, allow_pickle=False)
     else:
@@ -81,7 +82,7 @@ def reference_features(data: DataConfig, settings: EvaluationSettings, detector)
                                      f"reference {data.name} {settings.ref_split}")
     features = features.astype(np.float64)  # cached or not: the same float32-rounded features
     info = {"dataset": data.name, "split": settings.ref_split, "images": len(subset), "of": len(images),
-            "resolution": int(images.shape[1])}
+            "resolution": int(images.shape[1]), "cache": str(path.parent)}  # `dpdiffusion clear-cache` removes them
     return features, info
 
 

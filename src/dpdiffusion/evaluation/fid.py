@@ -42,11 +42,30 @@ def frechet_distance(a: Statistics, b: Statistics) -> float:
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * trace_sqrt)
 
 
-def reference_path(dataset: str, split: str, resolution: int, count: int, source: str = "") -> Path:
-    """Where the reference features are cached; ``source`` (what identifies the files and the detector) is
-    hashed into the name so that two image folders or two detectors never share an entry."""
+def shared_cache() -> Path:
+    """The shared cache of reference features (outside any run folder): for evaluations of a samples file."""
+    return cache_dir() / "fid"
+
+
+def reference_path(dataset: str, split: str, resolution: int, count: int, source: str = "",
+                   root: Path | None = None) -> Path:
+    """Where the reference features are cached in ``root`` (default ``shared_cache()``; a run's evaluation
+    keeps them on the owner's side, ``RUN_DIR/owner/cache``: features of a private split are un-noised functions
+    of private data); ``source`` (what identifies the files and the detector) is hashed into the name so that
+    two image folders or two detectors never share an entry."""
     tag = hashlib.sha256(source.encode()).hexdigest()[:12]
-    return cache_dir() / "fid" / f"{dataset}-{split}-{resolution}px-{count}-{tag}.features.npy"
+    return (root or shared_cache()) / f"{dataset}-{split}-{resolution}px-{count}-{tag}.features.npy"
+
+
+def clear_reference_cache(root: Path) -> list[Path]:
+    """Remove the cached reference features in ``root`` (whole files, unfinished chunks, temporary files) and
+    nothing else; return the removed files."""
+    if not root.is_dir():
+        return []
+    removed = [p for p in sorted(root.iterdir()) if p.is_file() and ".features" in p.name and p.name.endswith(".npy")]
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def reference_subset(size: int, count: int | None) -> np.ndarray:

@@ -68,6 +68,8 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
         ref = metrics["fid"]["reference"]
         rows.append(("FID", f"{metrics['fid']['value']:.2f} ({metrics['fid']['synthetic_images']} synthetic vs "
                             f"{ref['images']} of {ref['of']} {ref['dataset']} {ref['split']} images, {ref['resolution']}px)"))
+        if "cache" in ref:
+            rows.append(("reference features cached in", f"{ref['cache']} (remove with `dpdiffusion clear-cache`)"))
     if "precision_recall" in metrics:
         pr = metrics["precision_recall"]
         rows.append((f"precision / recall (Inception features, k = {pr['k']})", f"{pr['precision']:.3f} / {pr['recall']:.3f} "
@@ -99,6 +101,8 @@ def _privacy_rows(privacy: PrivacyReport | None) -> list[tuple[str, str]]:
         rows.append((label, f"sigma {plan.get('noise_multiplier', float('nan')):.4g}, q "
                             f"{plan.get('sample_rate', float('nan')):.4g}, C {plan.get('max_grad_norm')}, K "
                             f"{plan.get('multiplicity')}, N {plan.get('dataset_size')}, {plan.get('steps')} steps"))
+    if privacy.dataset_size is not None:
+        rows.append(("N of the plan", f"{privacy.dataset_size.value}: {privacy.dataset_size.to_dict()['source']}"))
     return rows
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dpdiffusion.data.dataset import Dataset
+from dpdiffusion.data.dataset import Dataset, planned_size, with_declared_size
 from dpdiffusion.diffusion.augment import Augment
 from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
@@ -90,7 +90,7 @@ def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str
     """What ``train --dry-run`` shows: data, start, trainable parameters, stages and the composed plan."""
     from dpdiffusion.methods.pretrain import load_public
 
-    size = getattr(dataset, "planned_size", len(dataset))
+    size = planned_size(dataset)  # owner-side output: the private dataset's own size
     model = build_denoiser(config.model, config.diffusion)
     start: dict[str, Any]
     public = None
@@ -131,16 +131,18 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
                           "NOT private)")
     apply_freezing(start, config)
     model, loss = build(config, start)
-    planned = getattr(dataset, "planned_size", len(dataset))
+    declared = config.privacy.public_dataset_size
+    private = describe_data(config.data, planned_size(dataset)).released(size_declared=declared is not None)
+    dataset = with_declared_size(dataset, declared)  # the plan is for N^; Poisson sampling runs over every example
     drawn = getattr(dataset, "canaries_drawn", 0)  # how many canaries were drawn is public; which went in is not
     canaries = {"drawn": drawn, "note": "random binary images added with probability 1/2 each (audit)"} if drawn else None
-    provenance = Provenance(private=describe_data(config.data, planned), public=public, start=begin.to_dict(),
-                            audit_canaries=canaries)
+    provenance = Provenance(private=private, public=public, start=begin.to_dict(), audit_canaries=canaries)
     trainer = Trainer(model, loss, dataset, plan=run_plan.main_plan, run_dir=run_dir, performance=config.performance,
                       training=config.training, secret_seed=secret_seed, progress=progress, config=config.to_dict(),
                       provenance=provenance, network=network, composed=run_plan.composed, stages=run_plan.stages,
                       method="DPDM" if begin.kind == "random initialisation" else "DP fine-tuning",
-                      not_private=NOT_PRIVATE_START if begin.private_without_privacy else None)
+                      not_private=NOT_PRIVATE_START if begin.private_without_privacy else None,
+                      size_declared=declared is not None)
     trainer.fit(resume=resume)
     if trainer.world.is_main:
         write_json_atomic(RunFolder(run_dir).config, config.to_dict())

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from dpdiffusion import distributed
-from dpdiffusion.data.dataset import Dataset
+from dpdiffusion.data.dataset import Dataset, with_declared_size
+from dpdiffusion.data.dataset import planned_size as planned_size_of  # runconfig.planned_size: of a plan
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.noise_levels import KarrasLevels
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -41,7 +42,7 @@ from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
 from dpdiffusion.privacy.report import DataDescription, PrivacyReport, Provenance
 from dpdiffusion.run_folder import RunFolder
-from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig
+from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig, plan_delta, planned_size
 from dpdiffusion.stages import RunPlan, Stage, StageRecords
 from dpdiffusion.training import Trainer
 
@@ -151,11 +152,12 @@ def resolve_dpsad_plan(config: RunConfig, dataset_size: int) -> ComposedPlan:
         raise ConfigError(f"dpsad.distance: unknown {d.distance!r} (choose one of {', '.join(DISTANCES)})")
     if d.discriminator_steps < 1:
         raise ConfigError("dpsad.discriminator_steps must be >= 1")
-    delta = p.delta if p.delta is not None else 1 / (10 * dataset_size)
-    steps = steps_for(steps=p.steps, epochs=p.epochs, dataset_size=dataset_size, expected_batch_size=p.batch_size)
+    delta = plan_delta(p, dataset_size)
+    size = planned_size(p, dataset_size)  # a declared public size, else the dataset's
+    steps = steps_for(steps=p.steps, epochs=p.epochs, dataset_size=size, expected_batch_size=p.batch_size)
 
     def part(batch: int, steps: int, clip: float, multiplicity: int, ratio: float) -> PrivacyPlan:
-        return PrivacyPlan(dataset_size=dataset_size, expected_batch_size=batch, steps=steps, max_grad_norm=clip,
+        return PrivacyPlan(dataset_size=size, expected_batch_size=batch, steps=steps, max_grad_norm=clip,
                            noise_multiplier=ratio, delta=delta, multiplicity=multiplicity, accountant=p.accountant)
 
     parts = []
@@ -308,7 +310,8 @@ class DPSADTrainer(Trainer):
         super().__init__(student, loss, dataset, plan=plan.plan("student"), run_dir=run_dir,
                          performance=config.performance, training=config.training, secret_seed=secret_seed,
                          progress=progress, config=release_config.to_dict(), provenance=provenance, composed=plan,
-                         stages=stages, method="DP-SAD", main="student")
+                         stages=stages, method="DP-SAD", main="student",
+                         size_declared=config.privacy.public_dataset_size is not None)
         teacher.to(self.device)
         self.discriminator.to(self.device)
         disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.discriminator_lr, betas=(0.5, 0.999))
@@ -328,7 +331,7 @@ class DPSADTrainer(Trainer):
         return {"model": self.model, "disc": self.discriminator}
 
     def not_private(self) -> str | None:
-        return NOT_END_TO_END if self.teacher_info["mode"] == "none" else None
+        return NOT_END_TO_END if self.teacher_info["mode"] == "none" else super().not_private()
 
     def privacy_report(self) -> PrivacyReport:
         return dataclasses.replace(super().privacy_report(), teacher=self.teacher_info)
@@ -350,11 +353,13 @@ def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan | RunPlan, run
     if isinstance(plan, RunPlan):
         plan = plan.composed
     torch.manual_seed(config.training.seed)
+    dataset = with_declared_size(dataset, config.privacy.public_dataset_size)  # Poisson sampling over every example
     teacher, teacher_info = build_teacher(config, dataset, plan, run_dir, resume=resume,
                                           allow_non_private_teacher=allow_non_private, progress=progress)
     student = build_denoiser(student_model(config), config.diffusion)
     public = teacher_info.get("public")
-    provenance = Provenance(private=describe_data(config.data, len(dataset)),
+    declared = config.privacy.public_dataset_size is not None
+    provenance = Provenance(private=describe_data(config.data, planned_size_of(dataset)).released(size_declared=declared),
                             public=DataDescription.from_dict(public) if public else None,
                             start={"kind": "random initialisation"})
     stages = [teacher_stage(config, plan), Stage("student", "private", plan.plan("student")),

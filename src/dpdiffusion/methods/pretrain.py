@@ -27,6 +27,7 @@ from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.io import atomic_write, json_safe
 from dpdiffusion.loop import PlainUpdates, TrainingLoop
+from dpdiffusion.release import released_config
 from dpdiffusion.runconfig import ConfigError, DataConfig, RunConfig
 from dpdiffusion.stages import Reads, Stage
 
@@ -99,7 +100,7 @@ def pretrain(model: Precond, config: RunConfig, public: Dataset, out: Path, *, t
     loss = DenoisingLoss(model, multiplicity=1, levels=default_levels(config.diffusion),
                          num_classes=config.model.num_classes, label_dropout=config.diffusion.label_dropout)
     stage = stage or public_stage(config)
-    header = {"config": config.to_dict(), "trained_on": trained_on, "steps": settings.steps}
+    header = {"config": released_config(config.to_dict())[0], "trained_on": trained_on, "steps": settings.steps}
     loop = PlainTraining(model, loss, public, out, steps=settings.steps, batch_size=settings.batch_size,
                          lr=settings.lr, ema_decay=settings.ema_decay, seed=config.training.seed,
                          settings=dict(stage.settings), header=header, log_every=config.training.log_every,

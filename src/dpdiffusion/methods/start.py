@@ -32,6 +32,7 @@ from dpdiffusion.methods.pretrain import load_public, pretrain, public_stage
 from dpdiffusion.nets.diffusers_unet import is_diffusers_folder, load_diffusers_denoiser
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
 from dpdiffusion.privacy.report import DataDescription, PrivacyReport
+from dpdiffusion.release import owner_data
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig, RunConfig
 from dpdiffusion.stages import StageRecords, file_sha256
@@ -63,9 +64,20 @@ class Start:
 
 
 def describe_data(data: DataConfig, size: int) -> DataDescription:
-    """The training split of ``data`` as a report names it."""
+    """The training split of ``data`` as the data owner names it (an image folder by its path); a release names it
+    by ``DataDescription.released``."""
     return DataDescription(dataset=data.name, size=size, subset=data.subset,
                            path=data.path if data.name == "imagefolder" else None, resolution=data.resolution)
+
+
+def owner_located(weights: Path) -> dict[str, Any]:
+    """Where the private data of a release of ours lies (its image folder, its range of a canonical dataset), from
+    its run's owner-side ``config.json`` when the release lies in its run folder (``RUN_DIR/release/``): the
+    release itself may withhold both."""
+    if weights.parent.name != "release":
+        return {}
+    data = owner_data(weights.parent.parent, DataConfig())
+    return {k: v for k, v in (("path", data.path), ("subset", data.subset)) if v is not None}
 
 
 def release_parts(privacy: PrivacyReport, *, delta: float, accountant: str) -> tuple[tuple[str, PrivacyPlan], ...]:
@@ -90,8 +102,9 @@ def evidently_same_data(trained_on: dict[str, Any] | None, data: DataConfig) -> 
     dataset with overlapping ranges, or the same image folder."""
     if not trained_on or trained_on.get("dataset") != data.name:
         return False
-    if data.name == "imagefolder":
-        return Path(str(trained_on.get("path"))).expanduser().resolve() == Path(str(data.path)).expanduser().resolve()
+    if data.name == "imagefolder":  # a release alone does not say which folder (withheld): the owner's config does
+        theirs = trained_on.get("path")
+        return theirs is not None and Path(str(theirs)).expanduser().resolve() == Path(str(data.path)).expanduser().resolve()
     theirs, ours = trained_on.get("subset"), data.subset
     if theirs is None or ours is None:
         return True
@@ -109,6 +122,10 @@ def read_start(config: RunConfig, meta: dict[str, Any], weights: Path, delta: fl
         if plain is not None and not same and evidently_same_data(plain, config.data):
             raise ConfigError("finetune.init was trained without privacy on this run's private data ("
                               f"{plain.get('dataset')}); finetune.init_private_data: other does not hold")
+        if plain is not None:  # goes into this run's release: as a release names private data
+            declared = config.privacy.public_dataset_size is not None
+            trained_on["private_without_privacy"] = DataDescription.from_dict(plain).released(
+                size_declared=declared).to_dict()
         return Start(**common, trained_on=trained_on, private_without_privacy=plain is not None)
     if "privacy" not in meta:
         return Start(**common, note="a model file without provenance: taken as public")
@@ -118,7 +135,7 @@ def read_start(config: RunConfig, meta: dict[str, Any], weights: Path, delta: fl
     if not privacy.private:  # a release that says it is not private (e.g. a non-private teacher)
         return Start(**common, trained_on=trained_on, private_without_privacy=True)
     if not same:
-        if evidently_same_data(private, config.data):
+        if evidently_same_data({**owner_located(weights), **private}, config.data):
             raise ConfigError(f"finetune.init is a DP release of this run's private data ({private.get('dataset')}, "
                               f"subset {private.get('subset')!r}); its spend must be composed: remove "
                               "finetune.init_private_data: other")

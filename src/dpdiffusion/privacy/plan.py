@@ -18,7 +18,10 @@ class PrivacyPlan:
     """What one DP-SGD run spends, and how.
 
     The dataset size N enters only through the sample rate q = B / N, fixed here before training, as is
-    standard for DP-SGD; the divisor of the noisy sum is the public expected batch size B.
+    standard for DP-SGD; the divisor of the noisy sum is the public expected batch size B. ``dataset_size`` is
+    the private dataset's size, or a public size N^ declared for it (``privacy.public_dataset_size``): under
+    add/remove adjacency N itself is private, and Poisson sampling of every real example with the public
+    probability q = B / N^ is the mechanism accounted here whatever N is (the report says which size it is).
     ``noise_multiplier = 0`` with ``max_grad_norm = inf`` describes a non-private control run (epsilon is
     infinite and every report says so).
     """

@@ -26,10 +26,11 @@ def _number(value: Any) -> float:
 
 @dataclass(frozen=True)
 class DataDescription:
-    """One dataset as a report names it: a canonical dataset (and its range) or an image folder."""
+    """One dataset as a report names it: a canonical dataset (and its range) or an image folder. ``size`` is
+    None where it is withheld (a declared public size stands for it); ``path`` only in the owner's files."""
 
     dataset: str
-    size: int
+    size: int | None = None
     split: str = "train"
     subset: str | None = None
     path: str | None = None
@@ -37,6 +38,13 @@ class DataDescription:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def released(self, *, size_declared: bool) -> DataDescription:
+        """The private data as a release may name it: never the path of its files; with a declared public size,
+        neither its size nor its range of a canonical dataset (either gives N)."""
+        if size_declared:
+            return dataclasses.replace(self, path=None, size=None, subset=None)
+        return dataclasses.replace(self, path=None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataDescription:
@@ -72,6 +80,27 @@ class Provenance:
                    public=DataDescription.from_dict(public) if public else None, audit_canaries=d.get("audit_canaries"))
 
 
+DECLARED_SIZE = "declared public size"
+PRIVATE_SIZE = ("the private dataset's size (N is then released: under add/remove adjacency N itself is private; "
+                "privacy.public_dataset_size declares a public size instead)")
+
+
+@dataclass(frozen=True)
+class DatasetSize:
+    """The N of the plan (q = B / N, the default delta 1 / (10 N)) and where it came from: a public size declared
+    for the private dataset (``privacy.public_dataset_size``), or the private dataset's own size."""
+
+    value: int
+    declared: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": DECLARED_SIZE if self.declared else PRIVATE_SIZE}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DatasetSize:
+        return cls(value=int(d["value"]), declared=d.get("source") == DECLARED_SIZE)
+
+
 @dataclass(frozen=True)
 class Spent:
     epsilon: float
@@ -95,8 +124,10 @@ class PrivacyReport:
     data: Provenance | None = None
     warning: str | None = None
     teacher: Mapping[str, Any] | None = None  # DP-SAD: how its teacher was made
+    randomness: Mapping[str, Any] | None = None  # where the secret randomness came from (dpsgd.secret_random)
     libraries: Mapping[str, str] = field(default_factory=dict)
     written: str | None = None
+    dataset_size: DatasetSize | None = None  # the plan's N and its source; None in reports written before it
 
     @property
     def epsilon(self) -> float:
@@ -119,7 +150,9 @@ class PrivacyReport:
         }
         optional = {"written": self.written, "method": self.method, "warning": self.warning,
                     "teacher": dict(self.teacher) if self.teacher is not None else None,
-                    "data": self.data.to_dict() if self.data else None}
+                    "randomness": dict(self.randomness) if self.randomness is not None else None,
+                    "data": self.data.to_dict() if self.data else None,
+                    "dataset_size": self.dataset_size.to_dict() if self.dataset_size else None}
         report.update({k: v for k, v in optional.items() if v is not None})
         if self.stages:
             report["stages"] = [dict(s) for s in self.stages]
@@ -137,4 +170,6 @@ class PrivacyReport:
             accountant=str(d.get("accountant", "unknown")), mechanism=str(d.get("mechanism", DP_SGD_MECHANISM)),
             method=d.get("method"), stages=tuple(d.get("stages") or ()),
             data=Provenance.from_dict(d["data"]) if d.get("data") else None, warning=d.get("warning"),
-            teacher=d.get("teacher"), libraries=d.get("libraries") or {}, written=d.get("written"))
+            teacher=d.get("teacher"), randomness=d.get("randomness"), libraries=d.get("libraries") or {},
+            written=d.get("written"),
+            dataset_size=DatasetSize.from_dict(d["dataset_size"]) if d.get("dataset_size") else None)
