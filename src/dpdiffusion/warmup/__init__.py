@@ -1,0 +1,1 @@
+"""DP warm-up stages: releases of noisy statistics before DP-SGD (DP-FETA, FETA-Pro)."""
