@@ -166,6 +166,24 @@ class DPSADConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    """DP warm-up from noisy statistics before DP-SGD (DP-FETA's central images): ``central_rounds`` releases of
+    noisy class-wise mean images (``warmup.central_images``), then ``steps`` of plain training on them
+    (post-processing of the release), then DP-SGD on the private data. Its noise multiplier is
+    ``central_noise_ratio`` times DP-SGD's; both are calibrated so that the composition meets the target."""
+
+    central_rounds: int = 0  # S; 0: no warm-up
+    central_batch_size: int = 1000  # B_c: each round's expected sample, q_c = B_c / N
+    central_noise_ratio: float = 1.0  # its noise multiplier over DP-SGD's
+    downsample: int = 2  # the fixed average-pooling before the sums (sensitivity sqrt(c h w) of the pooled size)
+    sharpen: float = 0.0  # unsharp-mask weight of the post-processing
+    steps: int = 0  # plain warm-up training steps on the released images
+    batch_size: int = 64
+    lr: float = 1e-3
+    ema_decay: float = 0.99
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "custom"
     description: str = ""
@@ -180,6 +198,7 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     dpsad: DPSADConfig = field(default_factory=DPSADConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ from dpdiffusion.privacy.ledger import LedgerMismatchError
 from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.run_folder import RunFolder
 
-Reads = Literal["public", "private", "private-without-privacy", "nothing"]
+Reads = Literal["public", "private", "private-without-privacy", "release", "nothing"]  # release: an earlier DP release
 
 
 class StageMismatchError(LedgerMismatchError):

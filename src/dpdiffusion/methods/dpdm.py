@@ -37,6 +37,7 @@ from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, RunConfig, resolve_plan
 from dpdiffusion.stages import RunPlan, Stage
 from dpdiffusion.training import MAIN, Trainer
+from dpdiffusion.warmup import stages as warmup
 
 
 def build(config: RunConfig, model: Precond | None = None) -> tuple[Precond, DenoisingLoss]:
@@ -58,7 +59,10 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     """The run's stages and composed plan. A DP start trained on this run's private data is composed in (its
     sigma fixed, this run's calibrated for the total target); a non-private one is marked (training refuses it unless allowed)."""
     check_one_start(config)
+    warmup.check(config)
     single = resolve_plan(config.privacy, dataset_size)
+    if warmup.enabled(config):
+        return warmup_plan(config, dataset_size, single)
     stages: list[Stage] = []
     start = load_init(config, single.delta)[2] if config.finetune.init else None
     if config.pretrain.data is not None:
@@ -86,6 +90,26 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     return RunPlan(tuple(stages), composed, MAIN, composed.plan(MAIN))
 
 
+def warmup_plan(config: RunConfig, dataset_size: int, single: PrivacyPlan) -> RunPlan:
+    """DP central images, warm-up training on them, then ``dpsgd``: one plan, sigma of both DP stages calibrated
+    together (the central images' at ``warmup.central_noise_ratio`` times DP-SGD's) to meet the target."""
+    central = warmup.central_draft(config, dataset_size)
+    target = config.privacy.target_epsilon
+    main = dataclasses.replace(single, target_epsilon=None)
+    if config.privacy.noise_multiplier is not None:
+        scaled = dataclasses.replace(central, noise_multiplier=central.noise_multiplier * main.noise_multiplier)
+        composed = ComposedPlan(((warmup.CENTRAL, scaled), (MAIN, main)), target_epsilon=target)
+        if target is not None and composed.planned_epsilon > target:
+            raise PrivacyPlanError(f"with the central images, the run spends epsilon {composed.planned_epsilon:.4g}, "
+                                   f"more than its target {target:g}")
+    else:
+        assert target is not None  # resolve_plan checked
+        composed = ComposedPlan.calibrated(target_epsilon=target, parts=(
+            (warmup.CENTRAL, central), (MAIN, dataclasses.replace(main, noise_multiplier=1.0))))
+    stages = (*warmup.stages(config, composed.plan(warmup.CENTRAL)), Stage(MAIN, "private", composed.plan(MAIN)))
+    return RunPlan(stages, composed, MAIN, composed.plan(MAIN))
+
+
 def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str, Any]:
     """What ``train --dry-run`` shows: data, start, trainable parameters, stages and the composed plan."""
     from dpdiffusion.methods.pretrain import load_public
@@ -101,6 +125,8 @@ def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str
         public = {**describe_data(config.pretrain.data, len(load_public(config, dataset))).to_dict(),  # type: ignore[arg-type]
                   "steps": config.pretrain.steps, "batch_size": config.pretrain.batch_size}
         start = {"kind": "pretrained on the public data in this run"}
+    elif warmup.enabled(config):
+        start = {"kind": "warm-up on this run's DP central images", "warmup_steps": config.warmup.steps}
     else:
         start = {"kind": "random initialisation"}
     training_levels(config.diffusion)  # checks the noise-level settings
@@ -123,8 +149,15 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
     torch.manual_seed(config.training.seed)
-    start, network, public, begin = start_model(config, run_dir, delta=run_plan.main_plan.delta, resume=resume,
-                                                progress=progress, private=dataset)  # type: ignore[arg-type]
+    if warmup.enabled(config):
+        warmed, described = warmup.warm_model(config, dataset, run_plan.stages, run_dir, resume=resume,
+                                              progress=progress, secret_seed=secret_seed)
+        start, network, public = warmed, None, None
+        begin = Start(kind=described.pop("kind"), path=described.pop("path"), sha256=described.pop("sha256"),
+                      steps=described.pop("steps"), note=f"central images sha256 {described['central_images_sha256']}")
+    else:
+        start, network, public, begin = start_model(config, run_dir, delta=run_plan.main_plan.delta, resume=resume,
+                                                    progress=progress, private=dataset)  # type: ignore[arg-type]
     if begin.private_without_privacy and not allow_non_private:
         raise ConfigError("finetune.init was trained on private data without privacy, so a release from it is not "
                           "differentially private; pass --allow-non-private-start to run it anyway (its report says "
@@ -140,7 +173,8 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     trainer = Trainer(model, loss, dataset, plan=run_plan.main_plan, run_dir=run_dir, performance=config.performance,
                       training=config.training, secret_seed=secret_seed, progress=progress, config=config.to_dict(),
                       provenance=provenance, network=network, composed=run_plan.composed, stages=run_plan.stages,
-                      method="DPDM" if begin.kind == "random initialisation" else "DP fine-tuning",
+                      method={"random initialisation": "DPDM"}.get(begin.kind, "DP warm-up + DPDM" if warmup.enabled(
+                          config) else "DP fine-tuning"),
                       not_private=NOT_PRIVATE_START if begin.private_without_privacy else None,
                       size_declared=declared is not None)
     trainer.fit(resume=resume)

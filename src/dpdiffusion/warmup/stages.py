@@ -1,0 +1,156 @@
+"""The DP warm-up as stages of a run: ``central images`` (a DP release of the private data, composed into the
+run's plan) and ``warm-up training`` (plain training that reads only that release), before DP-SGD.
+
+The warm-up stage's interface is the released file: ``warm_up`` takes its path, never the private dataset, so
+nothing but the noisy release can reach the warm model. The release is written to ``release/central_images.
+safetensors`` (it is DP: it may leave the owner), recorded in ``owner/stages.json`` with its plan and sha256, and
+reused on resume only as configured -- it is never drawn twice, which would spend twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from dpdiffusion import distributed
+from dpdiffusion.data.dataset import Dataset
+from dpdiffusion.diffusion.denoiser import build_denoiser
+from dpdiffusion.diffusion.preconditioning import Precond
+from dpdiffusion.dpsgd.mechanism import secret_streams
+from dpdiffusion.privacy.plan import PrivacyPlan
+from dpdiffusion.run_folder import RunFolder
+from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig, plan_delta, planned_size
+from dpdiffusion.stages import Stage, StageRecords, file_sha256
+from dpdiffusion.warmup.central_images import (
+    CentralImages,
+    central_images_plan,
+    release_central_images,
+    warmup_images,
+)
+
+CENTRAL = "central images"
+WARMUP = "warm-up training"
+
+
+def enabled(config: RunConfig) -> bool:
+    return config.warmup.central_rounds > 0
+
+
+def check(config: RunConfig) -> None:
+    w = config.warmup
+    if w.central_rounds < 0 or w.steps < 0:
+        raise ConfigError("warmup.central_rounds and warmup.steps must be >= 0")
+    if enabled(config) and (config.pretrain.data is not None or config.finetune.init):
+        raise ConfigError("warmup (DP central images) starts from a random initialisation: unset pretrain.data and "
+                          "finetune.init, or set warmup.central_rounds: 0")
+    if enabled(config) and not w.central_noise_ratio > 0:
+        raise ConfigError("warmup.central_noise_ratio must be > 0")
+    if enabled(config) and w.steps < 1:
+        raise ConfigError("warmup.steps must be >= 1 when warmup.central_rounds is set")
+
+
+def central_draft(config: RunConfig, dataset_size: int) -> PrivacyPlan:
+    """The central images' plan with its noise multiplier set to ``central_noise_ratio`` (relative: the run's
+    calibration scales it with DP-SGD's)."""
+    m = config.model
+    return central_images_plan(
+        dataset_size=planned_size(config.privacy, dataset_size), batch_size=config.warmup.central_batch_size,
+        rounds=config.warmup.central_rounds, noise_multiplier=config.warmup.central_noise_ratio,
+        delta=plan_delta(config.privacy, dataset_size), accountant=config.privacy.accountant,
+        image_shape=(m.in_channels, m.img_resolution, m.img_resolution), downsample=config.warmup.downsample)
+
+
+def _settings(config: RunConfig, keys: tuple[str, ...]) -> dict[str, Any]:
+    settings: dict[str, Any] = {f"warmup.{k}": getattr(config.warmup, k) for k in keys}
+    settings.update({f"model.{k}": v for k, v in dataclasses.asdict(config.model).items()})
+    return settings
+
+
+def stages(config: RunConfig, central: PrivacyPlan) -> list[Stage]:
+    """The two warm-up stages, with the settings each output depends on."""
+    release_keys = ("central_rounds", "central_batch_size", "central_noise_ratio", "downsample")
+    train_keys = (*release_keys, "sharpen", "steps", "batch_size", "lr", "ema_decay")
+    training = {**_settings(config, train_keys), "training.seed": config.training.seed,
+                **{f"diffusion.{k}": v for k, v in dataclasses.asdict(config.diffusion).items()}}
+    return [Stage(CENTRAL, "private", central, settings=_settings(config, release_keys)),
+            Stage(WARMUP, "release", settings=training)]
+
+
+def release_central(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
+                    secret_seed: int | None) -> Path:
+    """The DP release of the central images (rank 0; reused if finished as configured)."""
+    path = run.release / "central_images.safetensors"
+    records = StageRecords(run)
+    if path.is_file():
+        records.check_reusable(stage, path)
+        return path
+    assert stage.plan is not None
+    sampling, noise = secret_streams(secret_seed, "central_", distributed.World())
+    released = release_central_images(dataset, stage.plan, num_classes=config.model.num_classes,
+                                      downsample=config.warmup.downsample, sampling=sampling, noise=noise)
+    header = {"stage": CENTRAL, "downsample": released.downsample, "plan": stage.plan.to_dict(),
+              "reproducible": sampling.reproducible}
+    run.release.mkdir(parents=True, exist_ok=True)
+    save_file({"images": released.images.contiguous()}, str(path), metadata={"dpdiffusion": json.dumps(header)})
+    records.finished(stage, path)
+    return path
+
+
+def read_central(path: Path) -> CentralImages:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = json.loads((f.metadata() or {})["dpdiffusion"])
+    return CentralImages(load_file(str(path))["images"], int(header["downsample"]),
+                         PrivacyPlan.from_dict(header["plan"]))
+
+
+def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, progress: bool) -> Path:
+    """Plain training of a new model on the released central images only (post-processing: no privacy cost),
+    in the one training loop; its EMA weights go to ``RUN_DIR/warmup/model.safetensors``."""
+    from dpdiffusion.methods.pretrain import pretrain
+
+    out = run.root / "warmup" / "model.safetensors"
+    records = StageRecords(run)
+    if out.is_file():
+        records.check_reusable(stage, out)
+        return out
+    w = config.warmup
+    warm = warmup_images(read_central(released), config.model.img_resolution, w.sharpen)
+    plain = dataclasses.replace(config, pretrain=PretrainConfig(steps=w.steps, batch_size=min(w.batch_size, len(warm)),
+                                                                lr=w.lr, ema_decay=w.ema_decay, labels=True))
+    model = build_denoiser(config.model, config.diffusion)
+    pretrain(model, plain, warm, out, trained_on={"release": {"central_images_sha256": file_sha256(released)}},
+             progress=progress, desc="warm-up", stage=stage)
+    records.finished(stage, out)
+    return out
+
+
+def warm_model(config: RunConfig, dataset: Dataset, run_stages: tuple[Stage, ...], run_dir: str | Path, *,
+               resume: bool, progress: bool, secret_seed: int | None) -> tuple[Precond, dict[str, Any]]:
+    """The model DP-SGD starts from after the two warm-up stages, and the start's description."""
+    run = RunFolder(run_dir)
+    central_file = run.release / "central_images.safetensors"
+    if not resume and (central_file.exists() or run.traces_of_training()):
+        raise FileExistsError(f"{run.root} already holds a run; resume it with --resume or pick another folder")
+    by_name = {stage.name: stage for stage in run_stages}
+    world = distributed.current()
+    out = run.root / "warmup" / "model.safetensors"
+
+    def make() -> None:
+        released = release_central(config, dataset, by_name[CENTRAL], run, secret_seed=secret_seed)
+        warm_up(config, released, by_name[WARMUP], run, progress=progress)
+
+    if world.is_main:
+        make()
+    distributed.barrier(world)
+    model = build_denoiser(config.model, config.diffusion)
+    model.load_state_dict(load_file(str(out)))
+    start = {"kind": "warm-up on this run's DP central images", "path": "warmup/model.safetensors",
+             "sha256": file_sha256(out), "steps": config.warmup.steps,
+             "central_images_sha256": file_sha256(central_file)}
+    return model.train(), start

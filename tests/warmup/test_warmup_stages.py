@@ -1,0 +1,76 @@
+"""DP warm-up as stages of one run: central images (DP, composed into the plan), warm-up training on the release
+only, then DP-SGD; reuse on resume only as configured; the warm-up stage never reads the private data."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dpdiffusion.cli import main
+from dpdiffusion.data.dataset import ArrayDataset, DeclaredSize
+from dpdiffusion.dpsgd.secret_random import SecretStream
+from dpdiffusion.run_folder import RunFolder
+from dpdiffusion.runconfig import load_config
+from dpdiffusion.warmup import stages as warmup
+from dpdiffusion.warmup.central_images import central_images_plan, release_central_images
+from tests.tiny import TINY_RUN, write_config
+
+WARM = TINY_RUN + "warmup: {central_rounds: 3, central_batch_size: 300, central_noise_ratio: 2.0, steps: 3, batch_size: 16}\n"
+
+
+def test_a_warm_up_run_composes_its_stages_in_one_plan_and_reports_each(tmp_path, capsys):
+    config, run = write_config(tmp_path, WARM), tmp_path / "run"
+    assert main(["train", config, "--dry-run"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in dry["privacy"]["stages"]] == ["central images", "warm-up training", "dpsgd"]
+    assert main(["train", config, "--run-dir", str(run)]) == 0
+    report = json.loads((run / "release" / "privacy.json").read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["central images"]["reads"] == "private" and stages["warm-up training"]["reads"] == "release"
+    central, dpsgd = report["plan"]["parts"]["central images"], report["plan"]["parts"]["dpsgd"]
+    assert central["noise_multiplier"] == pytest.approx(2.0 * dpsgd["noise_multiplier"])
+    assert central["max_grad_norm"] == 4.0 and central["steps"] == 3  # sqrt(1 x 4 x 4) at the pooled size
+    assert 0 < stages["central images"]["dp"]["epsilon_alone"] < report["spent"]["epsilon"] <= 5.0
+    assert report["spent"]["epsilon"] == pytest.approx(5.0, rel=0.01)  # calibrated together to the target
+    assert report["method"] == "DP warm-up + DPDM" and report["data"]["start"]["kind"].startswith("warm-up")
+    assert (run / "release" / "central_images.safetensors").is_file() and (run / "warmup" / "model.safetensors").is_file()
+
+
+def test_resume_reuses_the_release_and_refuses_other_settings(tmp_path, capsys):
+    config, run = write_config(tmp_path, WARM), tmp_path / "run"
+    assert main(["train", config, "--run-dir", str(run)]) == 0
+    released = (run / "release" / "central_images.safetensors").read_bytes()
+    assert main(["train", config, "--run-dir", str(run), "--resume"]) == 0
+    assert (run / "release" / "central_images.safetensors").read_bytes() == released  # never drawn twice
+    capsys.readouterr()
+    assert main(["train", config, "--run-dir", str(run), "--resume", "--set", "warmup.central_rounds=4"]) != 0
+    err = capsys.readouterr().err
+    assert "central images" in err
+    assert main(["train", config, "--run-dir", str(run)]) != 0  # a new run over it is refused
+
+
+def test_the_warm_up_stage_reads_only_the_release(tmp_path):
+    """``warm_up`` gets the released file: with the private data made unreachable (an image folder that does not
+    exist), it trains from the release alone."""
+    cfg = load_config(write_config(tmp_path, WARM), ["data.name=imagefolder", f"data.path={tmp_path / 'gone'}"])
+    data = ArrayDataset(torch.rand(50, 1, 8, 8) * 2 - 1, torch.arange(50) % 10)
+    plan = central_images_plan(dataset_size=50, batch_size=20, rounds=2, noise_multiplier=1.0, delta=1e-3,
+                               image_shape=(1, 8, 8), downsample=2)
+    released = release_central_images(DeclaredSize(data, 50), plan, num_classes=10, downsample=2,
+                                      sampling=SecretStream.fresh(b"s"), noise=SecretStream.fresh(b"n"))
+    path = tmp_path / "central.safetensors"
+    save_file({"images": released.images}, str(path),
+              metadata={"dpdiffusion": json.dumps({"downsample": 2, "plan": plan.to_dict()})})
+    del data, released
+    stage = warmup.stages(cfg, plan)[1]
+    out = warmup.warm_up(cfg, path, stage, RunFolder(tmp_path / "run"), progress=False)
+    assert out.is_file() and not (tmp_path / "gone").exists()
+
+
+def test_warm_up_settings_are_checked(tmp_path, capsys):
+    config = write_config(tmp_path, WARM)
+    assert main(["train", config, "--dry-run", "--set", "warmup.steps=0"]) != 0
+    assert "warmup.steps" in capsys.readouterr().err
+    assert main(["train", config, "--dry-run", "--set", "pretrain.data={name: digits}"]) != 0
+    assert "random initialisation" in capsys.readouterr().err
