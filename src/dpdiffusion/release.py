@@ -44,6 +44,15 @@ def released_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     return released, withheld
 
 
+def released_start(start: Mapping[str, Any]) -> dict[str, Any]:
+    """A start's description as a release carries it: its file named without the owner's folders (which can name
+    a cohort); its sha256 identifies it."""
+    described = dict(start)
+    if described.get("path"):
+        described["path"] = Path(str(described["path"])).name
+    return described
+
+
 def owner_data(run_dir: str | Path, released: DataConfig) -> DataConfig:
     """The private data's settings for an owner-side command on ``run_dir``: those of the owner's
     ``RUN_DIR/config.json`` (which keeps what the release withholds) when it is there, else the release's."""

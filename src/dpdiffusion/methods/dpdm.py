@@ -33,6 +33,7 @@ from dpdiffusion.nets.unet import count_parameters
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError
 from dpdiffusion.privacy.report import Provenance
+from dpdiffusion.release import released_start
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, RunConfig, resolve_plan
 from dpdiffusion.stages import RunPlan, Stage
@@ -169,7 +170,8 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     dataset = with_declared_size(dataset, declared)  # the plan is for N^; Poisson sampling runs over every example
     drawn = getattr(dataset, "canaries_drawn", 0)  # how many canaries were drawn is public; which went in is not
     canaries = {"drawn": drawn, "note": "random binary images added with probability 1/2 each (audit)"} if drawn else None
-    provenance = Provenance(private=private, public=public, start=begin.to_dict(), audit_canaries=canaries)
+    provenance = Provenance(private=private, public=public, start=released_start(begin.to_dict()),
+                            audit_canaries=canaries)
     trainer = Trainer(model, loss, dataset, plan=run_plan.main_plan, run_dir=run_dir, performance=config.performance,
                       training=config.training, secret_seed=secret_seed, progress=progress, config=config.to_dict(),
                       provenance=provenance, network=network, composed=run_plan.composed, stages=run_plan.stages,

@@ -41,6 +41,7 @@ from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.plan import PrivacyPlan, PrivacyPlanError, steps_for
 from dpdiffusion.privacy.report import DataDescription, PrivacyReport, Provenance
+from dpdiffusion.release import released_start
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig, plan_delta, planned_size
 from dpdiffusion.stages import RunPlan, Stage, StageRecords
@@ -247,7 +248,7 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
         if begin.dp_parts or begin.private_without_privacy:
             raise ConfigError("dpsad.teacher: public needs a public start; finetune.init was trained on private data")
         described: dict[str, Any] = {"mode": "public", "public": public.to_dict() if public else None,
-                                     "start": begin.to_dict()}
+                                     "start": released_start(begin.to_dict())}
     elif mode == "dp":
         teacher_plan = plan.plan("teacher")
         teacher_config = dataclasses.replace(
@@ -264,7 +265,7 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
             if distributed.current().is_main:
                 records.finished(stage, weights)
         teacher = load_model_file(weights)[0]
-        described = {"mode": "dp", "run": str(run.teacher), "steps": teacher_plan.steps}
+        described = {"mode": "dp", "run": run.teacher.name, "steps": teacher_plan.steps}  # RUN_DIR/teacher
     else:
         if not allow_non_private_teacher:
             raise ConfigError("dpsad.teacher: none trains the teacher on the private data without privacy, so the "
@@ -282,7 +283,7 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
         if not made and distributed.current().is_main:
             records.finished(stage, weights)
         teacher = load_model_file(weights)[0]
-        described = {"mode": "none", "path": str(weights), "warning": NOT_END_TO_END}
+        described = {"mode": "none", "path": f"{run.teacher.name}/{weights.name}", "warning": NOT_END_TO_END}
     return teacher.eval().requires_grad_(False), described
 
 
