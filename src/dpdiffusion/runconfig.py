@@ -177,6 +177,15 @@ class WarmupConfig:
     central_noise_ratio: float = 1.0  # its noise multiplier over DP-SGD's
     downsample: int = 2  # the fixed average-pooling before the sums (sensitivity sqrt(c h w) of the pooled size)
     sharpen: float = 0.0  # unsharp-mask weight of the post-processing
+    # FETA-Pro's frequency features (warmup.frequency_features): D random Fourier features of the pooled images,
+    # one DP release of each class's mean (q = frequency_batch_size / N; 0: the whole dataset), a generator fitted
+    # to it, and ``generated_per_class`` of its images added to the warm-up set; 0 features: off
+    frequency_features: int = 0
+    frequency_batch_size: int = 0
+    frequency_noise_ratio: float = 1.0  # its noise multiplier over DP-SGD's
+    frequency_length_scale: float = 0.0  # l of the features' frequencies N(0, 1/l^2); 0: sqrt(pixels) / 2
+    generator_steps: int = 500
+    generated_per_class: int = 100
     steps: int = 0  # plain warm-up training steps on the released images
     batch_size: int = 64
     lr: float = 1e-3

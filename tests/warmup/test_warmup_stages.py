@@ -74,3 +74,23 @@ def test_warm_up_settings_are_checked(tmp_path, capsys):
     assert "warmup.steps" in capsys.readouterr().err
     assert main(["train", config, "--dry-run", "--set", "pretrain.data={name: digits}"]) != 0
     assert "random initialisation" in capsys.readouterr().err
+
+
+def test_frequency_features_are_a_third_dp_stage_and_feed_the_warm_up_set(tmp_path):
+    extra = ["--set", "warmup.frequency_features=32", "--set", "warmup.frequency_noise_ratio=3.0",
+             "--set", "warmup.generator_steps=5", "--set", "warmup.generated_per_class=4"]
+    config, run = write_config(tmp_path, WARM), tmp_path / "run"
+    assert main(["train", config, "--run-dir", str(run), *extra]) == 0
+    report = json.loads((run / "release" / "privacy.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["central images", "frequency features", "warm-up training",
+                                                     "dpsgd"]
+    parts = report["plan"]["parts"]
+    assert parts["frequency features"]["noise_multiplier"] == pytest.approx(3.0 * parts["dpsgd"]["noise_multiplier"])
+    assert parts["frequency features"]["max_grad_norm"] == 1.0 and parts["frequency features"]["sample_rate"] == 1.0
+    assert report["spent"]["epsilon"] == pytest.approx(5.0, rel=0.01)
+    from safetensors import safe_open
+
+    with safe_open(str(run / "warmup" / "model.safetensors"), "pt") as f:
+        header = json.loads(f.metadata()["dpdiffusion"])
+    assert set(header["trained_on"]["release"]) == {"central_images_sha256", "frequency_features_sha256"}
+    assert (run / "release" / "frequency_features.safetensors").is_file()

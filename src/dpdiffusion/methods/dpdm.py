@@ -94,20 +94,24 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
 def warmup_plan(config: RunConfig, dataset_size: int, single: PrivacyPlan) -> RunPlan:
     """DP central images, warm-up training on them, then ``dpsgd``: one plan, sigma of both DP stages calibrated
     together (the central images' at ``warmup.central_noise_ratio`` times DP-SGD's) to meet the target."""
-    central = warmup.central_draft(config, dataset_size)
+    central, frequency = warmup.central_draft(config, dataset_size), warmup.frequency_draft(config, dataset_size)
+    releases = ((warmup.CENTRAL, central), *(((warmup.FREQUENCY, frequency),) if frequency is not None else ()))
     target = config.privacy.target_epsilon
     main = dataclasses.replace(single, target_epsilon=None)
     if config.privacy.noise_multiplier is not None:
-        scaled = dataclasses.replace(central, noise_multiplier=central.noise_multiplier * main.noise_multiplier)
-        composed = ComposedPlan(((warmup.CENTRAL, scaled), (MAIN, main)), target_epsilon=target)
+        scaled = tuple((name, dataclasses.replace(p, noise_multiplier=p.noise_multiplier * main.noise_multiplier))
+                       for name, p in releases)
+        composed = ComposedPlan((*scaled, (MAIN, main)), target_epsilon=target)
         if target is not None and composed.planned_epsilon > target:
-            raise PrivacyPlanError(f"with the central images, the run spends epsilon {composed.planned_epsilon:.4g}, "
+            raise PrivacyPlanError(f"with the warm-up releases, the run spends epsilon {composed.planned_epsilon:.4g}, "
                                    f"more than its target {target:g}")
     else:
         assert target is not None  # resolve_plan checked
         composed = ComposedPlan.calibrated(target_epsilon=target, parts=(
-            (warmup.CENTRAL, central), (MAIN, dataclasses.replace(main, noise_multiplier=1.0))))
-    stages = (*warmup.stages(config, composed.plan(warmup.CENTRAL)), Stage(MAIN, "private", composed.plan(MAIN)))
+            *releases, (MAIN, dataclasses.replace(main, noise_multiplier=1.0))))
+    frequency_plan = composed.plan(warmup.FREQUENCY) if frequency is not None else None
+    stages = (*warmup.stages(config, composed.plan(warmup.CENTRAL), frequency_plan),
+              Stage(MAIN, "private", composed.plan(MAIN)))
     return RunPlan(stages, composed, MAIN, composed.plan(MAIN))
 
 

@@ -1,5 +1,6 @@
-"""The DP warm-up as stages of a run: ``central images`` (a DP release of the private data, composed into the
-run's plan) and ``warm-up training`` (plain training that reads only that release), before DP-SGD.
+"""The DP warm-up as stages of a run: ``central images`` and, when configured, ``frequency features`` (DP releases
+of the private data, composed into the run's plan), and ``warm-up training`` (plain training that reads only
+those releases), before DP-SGD.
 
 The warm-up stage's interface is the released file: ``warm_up`` takes its path, never the private dataset, so
 nothing but the noisy release can reach the warm model. The release is written to ``release/central_images.
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dpdiffusion import distributed
-from dpdiffusion.data.dataset import Dataset
+from dpdiffusion.data.dataset import ArrayDataset, Dataset
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.dpsgd.mechanism import secret_streams
@@ -31,8 +36,16 @@ from dpdiffusion.warmup.central_images import (
     release_central_images,
     warmup_images,
 )
+from dpdiffusion.warmup.frequency_features import (
+    FourierFeatures,
+    fit_generator,
+    frequency_plan,
+    generated_images,
+    release_frequency_features,
+)
 
 CENTRAL = "central images"
+FREQUENCY = "frequency features"
 WARMUP = "warm-up training"
 
 
@@ -51,6 +64,10 @@ def check(config: RunConfig) -> None:
         raise ConfigError("warmup.central_noise_ratio must be > 0")
     if enabled(config) and w.steps < 1:
         raise ConfigError("warmup.steps must be >= 1 when warmup.central_rounds is set")
+    if w.frequency_features and not enabled(config):
+        raise ConfigError("warmup.frequency_features needs the central images (warmup.central_rounds >= 1)")
+    if w.frequency_features < 0 or (w.frequency_features and not w.frequency_noise_ratio > 0):
+        raise ConfigError("warmup.frequency_features must be >= 0 and warmup.frequency_noise_ratio > 0")
 
 
 def central_draft(config: RunConfig, dataset_size: int) -> PrivacyPlan:
@@ -64,20 +81,51 @@ def central_draft(config: RunConfig, dataset_size: int) -> PrivacyPlan:
         image_shape=(m.in_channels, m.img_resolution, m.img_resolution), downsample=config.warmup.downsample)
 
 
+def pooled_shape(config: RunConfig) -> tuple[int, int, int]:
+    m, f = config.model, config.warmup.downsample
+    return m.in_channels, m.img_resolution // f, m.img_resolution // f
+
+
+def feature_map(config: RunConfig) -> FourierFeatures:
+    """The public random-Fourier feature map of the frequency features (its seed: the run's public seed)."""
+    w, dim = config.warmup, math.prod(pooled_shape(config))
+    scale = w.frequency_length_scale or math.sqrt(dim) / 2
+    return FourierFeatures(dim=dim, features=w.frequency_features, length_scale=scale, seed=config.training.seed)
+
+
+def frequency_draft(config: RunConfig, dataset_size: int) -> PrivacyPlan | None:
+    """The frequency features' plan, noise multiplier relative (None: not configured)."""
+    w = config.warmup
+    if not w.frequency_features:
+        return None
+    size = planned_size(config.privacy, dataset_size)
+    return frequency_plan(dataset_size=size, batch_size=w.frequency_batch_size or size,
+                          noise_multiplier=w.frequency_noise_ratio, delta=plan_delta(config.privacy, dataset_size),
+                          accountant=config.privacy.accountant)
+
+
 def _settings(config: RunConfig, keys: tuple[str, ...]) -> dict[str, Any]:
     settings: dict[str, Any] = {f"warmup.{k}": getattr(config.warmup, k) for k in keys}
     settings.update({f"model.{k}": v for k, v in dataclasses.asdict(config.model).items()})
     return settings
 
 
-def stages(config: RunConfig, central: PrivacyPlan) -> list[Stage]:
-    """The two warm-up stages, with the settings each output depends on."""
+FREQUENCY_KEYS = ("frequency_features", "frequency_batch_size", "frequency_noise_ratio", "frequency_length_scale",
+                  "downsample")
+
+
+def stages(config: RunConfig, central: PrivacyPlan, frequency: PrivacyPlan | None = None) -> list[Stage]:
+    """The warm-up stages, with the settings each output depends on."""
     release_keys = ("central_rounds", "central_batch_size", "central_noise_ratio", "downsample")
-    train_keys = (*release_keys, "sharpen", "steps", "batch_size", "lr", "ema_decay")
+    train_keys = (*release_keys, *FREQUENCY_KEYS, "generator_steps", "generated_per_class", "sharpen", "steps",
+                  "batch_size", "lr", "ema_decay")
     training = {**_settings(config, train_keys), "training.seed": config.training.seed,
                 **{f"diffusion.{k}": v for k, v in dataclasses.asdict(config.diffusion).items()}}
-    return [Stage(CENTRAL, "private", central, settings=_settings(config, release_keys)),
-            Stage(WARMUP, "release", settings=training)]
+    releases = [Stage(CENTRAL, "private", central, settings=_settings(config, release_keys))]
+    if frequency is not None:
+        releases.append(Stage(FREQUENCY, "private", frequency,
+                              settings={**_settings(config, FREQUENCY_KEYS), "training.seed": config.training.seed}))
+    return [*releases, Stage(WARMUP, "release", settings=training)]
 
 
 def release_central(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
@@ -100,18 +148,52 @@ def release_central(config: RunConfig, dataset: Dataset, stage: Stage, run: RunF
     return path
 
 
-def read_central(path: Path) -> CentralImages:
-    from safetensors import safe_open
+def release_frequency(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
+                      secret_seed: int | None) -> Path:
+    """The DP release of the frequency features (rank 0; reused if finished as configured)."""
+    path = run.release / "frequency_features.safetensors"
+    records = StageRecords(run)
+    if path.is_file():
+        records.check_reusable(stage, path)
+        return path
+    assert stage.plan is not None
+    sampling, noise = secret_streams(secret_seed, "frequency_", distributed.World())
+    features = feature_map(config)
+    means = release_frequency_features(dataset, stage.plan, features, num_classes=config.model.num_classes,
+                                       downsample=config.warmup.downsample, sampling=sampling, noise=noise)
+    header = {"stage": FREQUENCY, "features": dataclasses.asdict(features), "plan": stage.plan.to_dict(),
+              "reproducible": sampling.reproducible}
+    run.release.mkdir(parents=True, exist_ok=True)
+    save_file({"means": means.contiguous()}, str(path), metadata={"dpdiffusion": json.dumps(header)})
+    records.finished(stage, path)
+    return path
 
+
+def generated_set(config: RunConfig, released: Path) -> ArrayDataset:
+    """Images of a generator fitted to the released frequency features (post-processing), at the model's size."""
+    with safe_open(str(released), "pt") as f:
+        header = json.loads((f.metadata() or {})["dpdiffusion"])
+    features = FourierFeatures(**header["features"])
+    w = config.warmup
+    generator, _ = fit_generator(load_file(str(released))["means"], features, steps=w.generator_steps,
+                                 seed=config.training.seed)
+    images = generated_images(generator, pooled_shape(config), w.generated_per_class, seed=config.training.seed)
+    x = F.interpolate(images.x, size=(config.model.img_resolution,) * 2, mode="bilinear", align_corners=False)
+    return ArrayDataset(x.clamp(-1.0, 1.0), images.y)
+
+
+def read_central(path: Path) -> CentralImages:
     with safe_open(str(path), "pt") as f:
         header = json.loads((f.metadata() or {})["dpdiffusion"])
     return CentralImages(load_file(str(path))["images"], int(header["downsample"]),
                          PrivacyPlan.from_dict(header["plan"]))
 
 
-def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, progress: bool) -> Path:
-    """Plain training of a new model on the released central images only (post-processing: no privacy cost),
-    in the one training loop; its EMA weights go to ``RUN_DIR/warmup/model.safetensors``."""
+def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, progress: bool,
+            frequency: Path | None = None) -> Path:
+    """Plain training of a new model on the released central images (and the images of a generator fitted to the
+    released frequency features) only -- post-processing, no privacy cost -- in the one training loop; its EMA
+    weights go to ``RUN_DIR/warmup/model.safetensors``."""
     from dpdiffusion.methods.pretrain import pretrain
 
     out = run.root / "warmup" / "model.safetensors"
@@ -121,10 +203,15 @@ def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, 
         return out
     w = config.warmup
     warm = warmup_images(read_central(released), config.model.img_resolution, w.sharpen)
+    if frequency is not None:
+        generated = generated_set(config, frequency)
+        warm = ArrayDataset(torch.cat([warm.x, generated.x]), torch.cat([warm.y, generated.y]))
     plain = dataclasses.replace(config, pretrain=PretrainConfig(steps=w.steps, batch_size=min(w.batch_size, len(warm)),
                                                                 lr=w.lr, ema_decay=w.ema_decay, labels=True))
     model = build_denoiser(config.model, config.diffusion)
-    pretrain(model, plain, warm, out, trained_on={"release": {"central_images_sha256": file_sha256(released)}},
+    sources = {"central_images_sha256": file_sha256(released),
+               **({"frequency_features_sha256": file_sha256(frequency)} if frequency is not None else {})}
+    pretrain(model, plain, warm, out, trained_on={"release": sources},
              progress=progress, desc="warm-up", stage=stage)
     records.finished(stage, out)
     return out
@@ -143,7 +230,9 @@ def warm_model(config: RunConfig, dataset: Dataset, run_stages: tuple[Stage, ...
 
     def make() -> None:
         released = release_central(config, dataset, by_name[CENTRAL], run, secret_seed=secret_seed)
-        warm_up(config, released, by_name[WARMUP], run, progress=progress)
+        frequency = (release_frequency(config, dataset, by_name[FREQUENCY], run, secret_seed=secret_seed)
+                     if FREQUENCY in by_name else None)
+        warm_up(config, released, by_name[WARMUP], run, progress=progress, frequency=frequency)
 
     if world.is_main:
         make()
