@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from dpdiffusion.data.dataset import ArrayDataset, Dataset
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.dpsgd.mechanism import secret_streams
+from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig, plan_delta, planned_size
@@ -128,52 +130,59 @@ def stages(config: RunConfig, central: PrivacyPlan, frequency: PrivacyPlan | Non
     return [*releases, Stage(WARMUP, "release", settings=training)]
 
 
-def release_central(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
-                    secret_seed: int | None) -> Path:
-    """The DP release of the central images (rank 0; reused if finished as configured)."""
-    path = run.release / "central_images.safetensors"
-    records = StageRecords(run)
+def _release_once(stage: Stage, run: RunFolder, file: str,
+                  make: Callable[[SecretStream, SecretStream], tuple[str, torch.Tensor, dict[str, Any]]], *,
+                  secret_seed: int | None) -> Path:
+    """``release/<file>``: made once by ``make(sampling, noise)`` -> (tensor name, tensor, header) from the stage's
+    own secret streams, recorded; reused later only if finished as configured (a release is never drawn twice)."""
+    path, records = run.release / file, StageRecords(run)
     if path.is_file():
         records.check_reusable(stage, path)
         return path
     assert stage.plan is not None
-    sampling, noise = secret_streams(secret_seed, "central_", distributed.World())
-    released = release_central_images(dataset, stage.plan, num_classes=config.model.num_classes,
-                                      downsample=config.warmup.downsample, sampling=sampling, noise=noise)
-    header = {"stage": CENTRAL, "downsample": released.downsample, "plan": stage.plan.to_dict(),
-              "reproducible": sampling.reproducible}
+    sampling, noise = secret_streams(secret_seed, f"{file.split('_')[0]}_", distributed.World())
+    name, tensor, header = make(sampling, noise)
+    header = {"stage": stage.name, **header, "plan": stage.plan.to_dict(), "reproducible": sampling.reproducible}
     run.release.mkdir(parents=True, exist_ok=True)
-    save_file({"images": released.images.contiguous()}, str(path), metadata={"dpdiffusion": json.dumps(header)})
+    save_file({name: tensor.contiguous()}, str(path), metadata={"dpdiffusion": json.dumps(header)})
     records.finished(stage, path)
     return path
+
+
+def release_central(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
+                    secret_seed: int | None) -> Path:
+    """The DP release of the central images (rank 0; reused if finished as configured)."""
+    def make(sampling: SecretStream, noise: SecretStream) -> tuple[str, torch.Tensor, dict[str, Any]]:
+        assert stage.plan is not None
+        released = release_central_images(dataset, stage.plan, num_classes=config.model.num_classes,
+                                          downsample=config.warmup.downsample, sampling=sampling, noise=noise)
+        return "images", released.images, {"downsample": released.downsample}
+
+    return _release_once(stage, run, "central_images.safetensors", make, secret_seed=secret_seed)
 
 
 def release_frequency(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
                       secret_seed: int | None) -> Path:
     """The DP release of the frequency features (rank 0; reused if finished as configured)."""
-    path = run.release / "frequency_features.safetensors"
-    records = StageRecords(run)
-    if path.is_file():
-        records.check_reusable(stage, path)
-        return path
-    assert stage.plan is not None
-    sampling, noise = secret_streams(secret_seed, "frequency_", distributed.World())
     features = feature_map(config)
-    means = release_frequency_features(dataset, stage.plan, features, num_classes=config.model.num_classes,
-                                       downsample=config.warmup.downsample, sampling=sampling, noise=noise)
-    header = {"stage": FREQUENCY, "features": dataclasses.asdict(features), "plan": stage.plan.to_dict(),
-              "reproducible": sampling.reproducible}
-    run.release.mkdir(parents=True, exist_ok=True)
-    save_file({"means": means.contiguous()}, str(path), metadata={"dpdiffusion": json.dumps(header)})
-    records.finished(stage, path)
-    return path
+
+    def make(sampling: SecretStream, noise: SecretStream) -> tuple[str, torch.Tensor, dict[str, Any]]:
+        assert stage.plan is not None
+        means = release_frequency_features(dataset, stage.plan, features, num_classes=config.model.num_classes,
+                                           downsample=config.warmup.downsample, sampling=sampling, noise=noise)
+        return "means", means, {"features": dataclasses.asdict(features)}
+
+    return _release_once(stage, run, "frequency_features.safetensors", make, secret_seed=secret_seed)
+
+
+def _header(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {})["dpdiffusion"])
 
 
 def generated_set(config: RunConfig, released: Path) -> ArrayDataset:
     """Images of a generator fitted to the released frequency features (post-processing), at the model's size."""
-    with safe_open(str(released), "pt") as f:
-        header = json.loads((f.metadata() or {})["dpdiffusion"])
-    features = FourierFeatures(**header["features"])
+    features = FourierFeatures(**_header(released)["features"])
     w = config.warmup
     generator, _ = fit_generator(load_file(str(released))["means"], features, steps=w.generator_steps,
                                  seed=config.training.seed)
@@ -183,8 +192,7 @@ def generated_set(config: RunConfig, released: Path) -> ArrayDataset:
 
 
 def read_central(path: Path) -> CentralImages:
-    with safe_open(str(path), "pt") as f:
-        header = json.loads((f.metadata() or {})["dpdiffusion"])
+    header = _header(path)
     return CentralImages(load_file(str(path))["images"], int(header["downsample"]),
                          PrivacyPlan.from_dict(header["plan"]))
 
