@@ -190,6 +190,10 @@ class WarmupConfig:
     batch_size: int = 64
     lr: float = 1e-3
     ema_decay: float = 0.99
+    # fixed data augmentation of the warm-up set (a few central images per class): each warm-up example is a
+    # random translation by up to ``augment_translate`` pixels (reflect padding), flipped when ``augment_flip``
+    augment_translate: int = 0
+    augment_flip: bool = False  # natural images only, not digits or text
 
 
 @dataclass(frozen=True)

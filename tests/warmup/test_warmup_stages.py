@@ -91,3 +91,38 @@ def test_frequency_features_are_a_third_dp_stage_and_feed_the_warm_up_set(tmp_pa
         header = json.loads(f.metadata()["dpdiffusion"])
     assert set(header["trained_on"]["release"]) == {"central_images_sha256", "frequency_features_sha256"}
     assert (run / "release" / "frequency_features.safetensors").is_file()
+
+
+def test_warm_up_augments_its_few_images_with_fixed_translations(tmp_path, monkeypatch):
+    """``warmup.augment_translate`` reaches the warm-up's loss (each example a shifted copy, reflect padding), is one
+    of the warm-up stage's settings (a change is not reused), and a negative shift is refused."""
+    from dpdiffusion.methods import pretrain as pretrain_module
+
+    cfg = load_config(write_config(tmp_path, WARM), ["warmup.augment_translate=2"])
+    seen = []
+    real = pretrain_module.DenoisingLoss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["augment"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "DenoisingLoss", spy)
+    data = ArrayDataset(torch.rand(50, 1, 8, 8) * 2 - 1, torch.arange(50) % 10)
+    plan = central_images_plan(dataset_size=50, batch_size=20, rounds=2, noise_multiplier=1.0, delta=1e-3,
+                               image_shape=(1, 8, 8), downsample=2)
+    released = release_central_images(DeclaredSize(data, 50), plan, num_classes=10, downsample=2,
+                                      sampling=SecretStream.fresh(b"s"), noise=SecretStream.fresh(b"n"))
+    path = tmp_path / "central.safetensors"
+    save_file({"images": released.images}, str(path),
+              metadata={"dpdiffusion": json.dumps({"downsample": 2, "plan": plan.to_dict()})})
+    stage = warmup.stages(cfg, plan)[1]
+    assert stage.settings["warmup.augment_translate"] == 2 and stage.settings["warmup.augment_flip"] is False
+    warmup.warm_up(cfg, path, stage, RunFolder(tmp_path / "run"), progress=False)
+    assert seen and seen[0].crop_padding == 2 and not seen[0].flip
+
+    loss = real(warmup.build_denoiser(cfg.model, cfg.diffusion), augment=seen[0])
+    x = torch.linspace(-1, 1, 64).view(1, 1, 8, 8).repeat(32, 1, 1, 1)
+    draws = loss.draw({"x": x, "y": torch.zeros(32, dtype=torch.long)}, torch.Generator().manual_seed(0))
+    shifted = draws["clean"][:, 0]
+    assert not torch.equal(shifted, x) and shifted.shape == x.shape
+    assert main(["train", write_config(tmp_path, WARM), "--dry-run", "--set", "warmup.augment_translate=-1"]) != 0

@@ -22,6 +22,7 @@ from dpdiffusion import distributed
 from dpdiffusion.config import Performance
 from dpdiffusion.data.dataset import ArrayDataset, Batch, Dataset, shared_images
 from dpdiffusion.data.datasets import check_fits_model, load_dataset, load_images, subset_range
+from dpdiffusion.diffusion.augment import Augment
 from dpdiffusion.diffusion.denoiser import default_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -86,10 +87,12 @@ def public_stage(config: RunConfig, name: str = "public pretraining", reads: Rea
 
 
 def pretrain(model: Precond, config: RunConfig, public: Dataset, out: Path, *, trained_on: dict[str, Any],
-             progress: bool = True, desc: str = "public pretraining", stage: Stage | None = None) -> Path:
+             progress: bool = True, desc: str = "public pretraining", stage: Stage | None = None,
+             augment: Augment | None = None) -> Path:
     """Plain (non-private) training of ``model`` with the ``pretrain`` settings on ``public`` in the training
-    loop; write the EMA weights to ``out`` (its header says what it was ``trained_on``) and the loss log beside
-    it. A stopped stage resumes from its checkpoints when its settings (``stage``) are unchanged."""
+    loop, each example seen through ``augment`` when given; write the EMA weights to ``out`` (its header says
+    what it was ``trained_on``) and the loss log beside it. A stopped stage resumes from its checkpoints when its
+    settings (``stage``) are unchanged."""
     settings = config.pretrain
     if settings.steps < 1:
         raise ConfigError("pretrain.steps must be >= 1 when pretrain.data is set")
@@ -98,7 +101,8 @@ def pretrain(model: Precond, config: RunConfig, public: Dataset, out: Path, *, t
     if config.model.num_classes and not settings.labels:  # public classes unlike the private ones
         public = Unlabelled(public, config.model.num_classes)
     loss = DenoisingLoss(model, multiplicity=1, levels=default_levels(config.diffusion),
-                         num_classes=config.model.num_classes, label_dropout=config.diffusion.label_dropout)
+                         num_classes=config.model.num_classes, label_dropout=config.diffusion.label_dropout,
+                         augment=augment or Augment())
     stage = stage or public_stage(config)
     header = {"config": released_config(config.to_dict())[0], "trained_on": trained_on, "steps": settings.steps}
     loop = PlainTraining(model, loss, public, out, steps=settings.steps, batch_size=settings.batch_size,

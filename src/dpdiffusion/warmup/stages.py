@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from dpdiffusion import distributed
 from dpdiffusion.data.dataset import ArrayDataset, Dataset
+from dpdiffusion.diffusion.augment import Augment
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.dpsgd.mechanism import secret_streams
@@ -57,8 +58,8 @@ def enabled(config: RunConfig) -> bool:
 
 def check(config: RunConfig) -> None:
     w = config.warmup
-    if w.central_rounds < 0 or w.steps < 0:
-        raise ConfigError("warmup.central_rounds and warmup.steps must be >= 0")
+    if w.central_rounds < 0 or w.steps < 0 or w.augment_translate < 0:
+        raise ConfigError("warmup.central_rounds, warmup.steps and warmup.augment_translate must be >= 0")
     if enabled(config) and (config.pretrain.data is not None or config.finetune.init):
         raise ConfigError("warmup (DP central images) starts from a random initialisation: unset pretrain.data and "
                           "finetune.init, or set warmup.central_rounds: 0")
@@ -120,7 +121,7 @@ def stages(config: RunConfig, central: PrivacyPlan, frequency: PrivacyPlan | Non
     """The warm-up stages, with the settings each output depends on."""
     release_keys = ("central_rounds", "central_batch_size", "central_noise_ratio", "downsample")
     train_keys = (*release_keys, *FREQUENCY_KEYS, "generator_steps", "generated_per_class", "sharpen", "steps",
-                  "batch_size", "lr", "ema_decay")
+                  "batch_size", "lr", "ema_decay", "augment_translate", "augment_flip")
     training = {**_settings(config, train_keys), "training.seed": config.training.seed,
                 **{f"diffusion.{k}": v for k, v in dataclasses.asdict(config.diffusion).items()}}
     releases = [Stage(CENTRAL, "private", central, settings=_settings(config, release_keys))]
@@ -219,8 +220,8 @@ def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, 
     model = build_denoiser(config.model, config.diffusion)
     sources = {"central_images_sha256": file_sha256(released),
                **({"frequency_features_sha256": file_sha256(frequency)} if frequency is not None else {})}
-    pretrain(model, plain, warm, out, trained_on={"release": sources},
-             progress=progress, desc="warm-up", stage=stage)
+    pretrain(model, plain, warm, out, trained_on={"release": sources}, progress=progress, desc="warm-up",
+             stage=stage, augment=Augment(flip=w.augment_flip, crop_padding=w.augment_translate))
     records.finished(stage, out)
     return out
 
