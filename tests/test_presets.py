@@ -122,3 +122,42 @@ def test_dpsad_cpu_preset_meets_its_total_target_with_a_dp_teacher():
     plan = resolve_dpsad_plan(load_config("dpsad-mnist-eps10-cpu"), 60000)
     assert [name for name, _ in plan.parts] == ["teacher", "student", "discriminator"]
     assert 9.9 < plan.planned_epsilon <= 10
+
+
+# DP-FETA's settings (DPImageBench's configs): dataset size N, central images (B_c, rounds, sigma_c), DP-SGD (B,
+# epochs, K); sigma_c is the paper's fixed value, reached here through the calibrated ratio to DP-SGD's sigma
+FETA = {
+    "feta-mnist-eps1": (60000, 6000, 5, 5.0, 4096, 150, 32),
+    "feta-mnist-eps10": (60000, 6000, 5, 5.0, 4096, 150, 32),
+    "feta-fmnist-eps1": (60000, 6000, 5, 5.0, 4096, 150, 32),
+    "feta-fmnist-eps10": (60000, 6000, 5, 5.0, 4096, 150, 32),
+    "feta-celeba32-eps1": (162770, 12000, 250, 10.0, 4096, 150, 32),
+    "feta-celeba32-eps10": (162770, 12000, 250, 10.0, 4096, 150, 32),
+    "feta-cifar10-eps10": (50000, 6000, 5, 5.0, 4096, 150, 32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FETA))
+def test_feta_presets_are_dp_fetas_settings(name):
+    from dpdiffusion.methods.dpdm import warmup_plan
+
+    config = load_config(name)
+    n, central_batch, rounds, central_sigma, batch, epochs, k = FETA[name]
+    w, p = config.warmup, config.privacy
+    assert (w.central_batch_size, w.central_rounds, w.downsample) == (central_batch, rounds, 2)
+    assert (p.batch_size, p.epochs, p.multiplicity) == (batch, epochs, k)
+    composed = warmup_plan(config, n, resolve_plan(p, n)).composed
+    assert composed.plan("central images").noise_multiplier == pytest.approx(central_sigma, rel=0.01)
+    assert composed.planned_epsilon <= p.target_epsilon
+
+
+@pytest.mark.parametrize("eps", [1, 10])
+def test_feta_cpu_presets_spend_their_target_over_central_images_and_dpsgd(eps):
+    from dpdiffusion.methods.dpdm import warmup_plan
+
+    config = load_config(f"feta-mnist-eps{eps}-cpu")
+    composed = warmup_plan(config, 60000, resolve_plan(config.privacy, 60000)).composed
+    central, dpsgd = composed.plan("central images"), composed.plan("dpsgd")
+    assert central.noise_multiplier == pytest.approx(4.0 * dpsgd.noise_multiplier)
+    assert config.warmup.steps > 0 and config.warmup.augment_translate > 0
+    assert eps * 0.99 <= composed.planned_epsilon <= eps
