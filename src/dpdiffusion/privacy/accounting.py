@@ -7,6 +7,14 @@ accountant (``"rdp"``, a looser upper bound that is cheap to evaluate).
 A run may compose several mechanisms (different sample rates and noise multipliers, for instance a
 student and a discriminator); ``composed_epsilon`` takes them all and composes them with the accountant's
 own composition of different events, never by adding epsilons.
+
+Every evaluation stays bounded in memory and time, whatever the settings:
+- when RDP's bound is 0 (so much noise that the mechanism is (0, delta)-DP), that is the answer: no accountant
+  can report less, and the tight ones would be asked for a grid of zero spacing;
+- Opacus' PRV grid has at least 6 / mesh points with mesh = eps_error / sqrt(T log(12 / delta_error) / 2), whatever
+  epsilon is, so a small epsilon over many steps asks for a huge grid (a 1e-4 target once took 22.5 GB). Where it
+  would exceed ``PRV_MAX_GRID_POINTS``, ``"prv"`` gives dp-accounting's PLD bound instead -- tight and a valid upper
+  bound too, cheap at small epsilons -- and ``prv_falls_back`` says so, for the commands to tell the user.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ ACCOUNTANTS = ("prv", "pld", "rdp")
 # within ~0.1% of the exact value, large enough that one evaluation takes well under a second.
 _PRV_RELATIVE_EPS_ERROR = 3e-3
 _PLD_RELATIVE_DISCRETISATION = 1e-3
+# The most points of Opacus' PRV grid before "prv" falls back to PLD: about 1 GB and 10 s an evaluation on a CPU.
+PRV_MAX_GRID_POINTS = 10_000_000
 # Calibration stops when the bracket around sigma is this tight (relative).
 _SIGMA_RELATIVE_TOLERANCE = 1e-3
 
@@ -93,26 +103,57 @@ def _pld_epsilon(events: Sequence[SampledGaussian], delta: float, rdp_bound: flo
     return float(accountant.get_epsilon(delta))
 
 
+def _prv_grid_points(events: Sequence[SampledGaussian], delta: float, rdp_bound: float) -> float:
+    """The points of the grid Opacus' PRV accountant discretises on for ``events`` (its ``_get_domain``: the safe
+    domain [-L, L] over the mesh), at our ``eps_error`` and Opacus' default ``delta_error``."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    eps_error, delta_error = _PRV_RELATIVE_EPS_ERROR * rdp_bound, delta / 1000
+    prvs = [PoissonSubsampledGaussianPRV(e.sample_rate, e.noise_multiplier) for e in events]
+    steps = [int(e.steps) for e in events]
+    half_width = compute_safe_domain_size(prvs, steps, eps_error=eps_error, delta_error=delta_error)
+    mesh = eps_error / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+    return 2 * half_width / mesh
+
+
 def _prv_epsilon(events: Sequence[SampledGaussian], delta: float, rdp_bound: float) -> float:
     from opacus.accountants import PRVAccountant
 
+    if _prv_grid_points(events, delta, rdp_bound) > PRV_MAX_GRID_POINTS:
+        return _pld_epsilon(events, delta, rdp_bound)
     accountant = PRVAccountant()
     accountant.history = [(e.noise_multiplier, e.sample_rate, int(e.steps)) for e in events]
     return float(accountant.get_epsilon(delta, eps_error=_PRV_RELATIVE_EPS_ERROR * rdp_bound))
+
+
+def _private_events(events: Sequence[SampledGaussian]) -> list[SampledGaussian]:
+    return [e for e in events if e.steps > 0]
+
+
+def prv_falls_back(events: Sequence[SampledGaussian], *, delta: float) -> bool:
+    """Whether ``"prv"`` gives PLD's bound for ``events``: its grid would exceed ``PRV_MAX_GRID_POINTS`` (an epsilon
+    small for the number of steps). Both are valid upper bounds; the commands say which one was used."""
+    _check_delta(delta)
+    events = _private_events(events)
+    if not events or any(e.noise_multiplier == 0 for e in events):
+        return False
+    with _quiet():
+        rdp_bound = _rdp_epsilon(events, delta)
+        return 0 < rdp_bound < math.inf and _prv_grid_points(events, delta, rdp_bound) > PRV_MAX_GRID_POINTS
 
 
 def composed_epsilon(events: Sequence[SampledGaussian], *, delta: float, accountant: str = "prv") -> float:
     """Epsilon at ``delta`` of the composition of all ``events``."""
     _check_accountant(accountant)
     _check_delta(delta)
-    events = [e for e in events if e.steps > 0]
+    events = _private_events(events)
     if not events:
         return 0.0
     if any(e.noise_multiplier == 0 for e in events):
         return math.inf
     with _quiet():
         rdp_bound = _rdp_epsilon(events, delta)
-        if accountant == "rdp":
+        if accountant == "rdp" or rdp_bound == 0:  # 0: (0, delta)-DP already; nothing reports less
             return rdp_bound
         if accountant == "pld":
             return _pld_epsilon(events, delta, rdp_bound)
