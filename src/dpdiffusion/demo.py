@@ -20,7 +20,7 @@ from dpdiffusion.evaluation.report import save_comparison_grid
 from dpdiffusion.io import write_json_atomic
 from dpdiffusion.methods import dpdm
 from dpdiffusion.run_folder import RunFolder
-from dpdiffusion.runconfig import load_config, resolve_plan
+from dpdiffusion.runconfig import load_config
 
 PRESET = "digits-eps10-cpu"
 
@@ -43,8 +43,8 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
     config = load_config(PRESET, overrides)
     run_dir = run_dir or Path("runs") / f"demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     dataset = load_dataset(config.data, "train")
-    plan = resolve_plan(config.privacy, len(dataset))
-    ledger = dpdm.train(config, dataset, plan, run_dir, progress=progress).ledger
+    run_plan = dpdm.plan(config, len(dataset))  # every stage of the preset (the DP warm-up's too)
+    trainer = dpdm.train(config, dataset, run_plan, run_dir, progress=progress)
     trained = time.perf_counter()
 
     released, released_config, privacy = load_release(run_dir)  # only what may leave the owner from here on
@@ -70,7 +70,7 @@ def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: 
         "total_seconds": time.perf_counter() - started,
     }
     write_json_atomic(run.owner / "evaluation.json", evaluation)
-    return {"run_dir": str(run_dir), "epsilon": ledger.epsilon_spent(), "delta": plan.delta,
+    return {"run_dir": str(run_dir), "epsilon": trainer.epsilon_spent(), "delta": run_plan.main_plan.delta,
             "grid": str(run.release / "samples.png"), "comparison": str(comparison),
             "privacy": privacy.to_dict() if privacy else None,
             **evaluation}
