@@ -1,4 +1,4 @@
-"""The embedded demo: DPDM on scikit-learn's digits at epsilon 10, a few minutes on a laptop CPU.
+"""The embedded demo: DP warm-up + DPDM on scikit-learn's digits at epsilon 10, minutes on a laptop CPU.
 
 Trains the ``digits-eps10-cpu`` preset, samples a grid and a synthetic set with uniform labels, and
 reports the downstream accuracy of a classifier trained only on synthetic images and tested on the real
