@@ -223,19 +223,35 @@ def run(args: argparse.Namespace) -> dict:
     num_classes = config.model.num_classes
     test_images, test_labels = real_images(data, "test")  # read once: the classifiers' test set and the picture
 
-    start = time.perf_counter()
-    metrics = image_metrics(images, data, protocol, args.inception, RunFolder(run_dir).cache)
-    phases["features"] = time.perf_counter() - start
-    start = time.perf_counter()
-    metrics["downstream"] = classifier_metrics(images, labels, (test_images, test_labels), data, protocol, num_classes,
-                                               args.ceiling)
-    phases["classifiers"] = time.perf_counter() - start
-
     stem = f"utility_{name}" + ("" if protocol is FULL else f"_{protocol.name}")
     if overrides:
         stem += f"_{sampling.sampler}-{sampling.steps}" + (f"-w{sampling.guidance:g}" if sampling.guidance != 1 else "")
         stem += "".join(f"-{short}{overrides[key]:g}" for key, short in (("sigma_max", "smax"), ("sigma_min", "smin"),
                                                                           ("rho", "rho")) if key in overrides)
+    # each evaluation phase is kept owner-side as it finishes, so an interrupted evaluation resumes where it stopped
+    done_file = run_dir / "owner" / "utility" / f"{stem}.phases.json"
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    this = json.loads(json.dumps(dataclasses.asdict(protocol)))  # as read back (tuples as lists)
+    if done.get("protocol") != this or done.get("synthetic_seconds") != phases["sample"]:
+        done = {"protocol": this, "synthetic_seconds": phases["sample"]}  # other samples: evaluate them anew
+
+    def keep(key: str, value: dict, seconds: float) -> None:
+        from dpdiffusion.io import json_safe, write_json_atomic
+
+        done[key], done[f"{key}_seconds"] = value, seconds
+        write_json_atomic(done_file, json_safe(done))
+
+    if "downstream" not in done:  # the classifiers first: the headline figure, and cheaper than the features
+        start = time.perf_counter()
+        keep("downstream", classifier_metrics(images, labels, (test_images, test_labels), data, protocol, num_classes,
+                                              args.ceiling), time.perf_counter() - start)
+    if "image" not in done:
+        start = time.perf_counter()
+        cache = Path(args.feature_cache) if args.feature_cache else RunFolder(run_dir).cache
+        keep("image", image_metrics(images, data, protocol, args.inception, cache), time.perf_counter() - start)
+    metrics = {**done["image"], "downstream": done["downstream"]}
+    phases["features"], phases["classifiers"] = done["image_seconds"], done["downstream_seconds"]
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_comparison_grid(images, labels, test_images, test_labels, out / f"{stem}.png", num_classes=num_classes)
@@ -257,6 +273,7 @@ def run(args: argparse.Namespace) -> dict:
         "training": {"lr": config.training.lr, "ema_decay": config.training.ema_decay},
         "sampling": {**dataclasses.asdict(sampling), "nfe": network_evaluations(sampling.sampler, sampling.steps),
                      "images_per_s": protocol.synthetic / phases["sample"] if phases["sample"] else None},
+        "stages": stage_summary(privacy.stages, run_dir),
         "wall_seconds": phases, "metrics": metrics,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "threads": torch.get_num_threads(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -268,6 +285,16 @@ def run(args: argparse.Namespace) -> dict:
     (out / f"{stem}.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(result, f"{stem}.png"))
     return result
+
+
+def stage_summary(stages: tuple, run_dir: Path) -> list[dict]:
+    """Each stage of the run: what it read, its DP event's epsilon alone and noise multiplier, and the wall time
+    of the attempt that finished it (owner/stages.json; the last stage's is the training time's remainder)."""
+    records_file = run_dir / "owner" / "stages.json"
+    records = json.loads(records_file.read_text()) if records_file.is_file() else {}
+    return [{"name": s["name"], "reads": s.get("reads"), "epsilon_alone": (s.get("dp") or {}).get("epsilon_alone"),
+             "noise_multiplier": (s.get("dp") or {}).get("noise_multiplier"), "steps": (s.get("dp") or {}).get("steps"),
+             "seconds": records.get(s["name"], {}).get("seconds")} for s in stages]
 
 
 def summary(result: dict) -> dict[str, str]:
@@ -316,6 +343,13 @@ def markdown(result: dict, picture: str) -> str:
              + f"; synthetic: {result['metrics']['synthetic_images']:,} images.",
              f"Machine: {result['machine']}, torch {result['torch']}, {result['threads']} threads, {result['date']}.",
              ""]
+    if len(result.get("stages") or ()) > 1:
+        lines += ["| stage | reads | steps / rounds | noise multiplier | epsilon alone | minutes |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s['name']} | {s['reads']} | {s['steps'] if s['steps'] is not None else '-'} | "
+                  + (f"{s['noise_multiplier']:.3f}" if s["noise_multiplier"] is not None else "-") + " | "
+                  + (f"{s['epsilon_alone']:.3f}" if s["epsilon_alone"] is not None else "-") + " | "
+                  + (f"{s['seconds'] / 60:.1f}" if s["seconds"] is not None else "-") + " |" for s in result["stages"]]
+        lines += ["", f"Epsilon of the whole run (all stages composed): {privacy['epsilon']}.", ""]
     left_out = result["metrics"]["downstream"].get("left_out")
     if left_out:
         lines += [f"Left out: {'; '.join(left_out)}.", ""]
@@ -342,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fid-num", type=int, help="synthetic images scored by FID (a custom protocol)")
     parser.add_argument("--ceiling", action="store_true", help="also train each classifier on the real training split")
     parser.add_argument("--inception", help="the FID detector (default: $DPDIFFUSION_INCEPTION or the download)")
+    parser.add_argument("--feature-cache", help="the owner's cache of reference features, shared by runs on the same "
+                        "data (default: each run's owner/cache); features of private data: keep it owner-side")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results folder")
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print one Markdown table of these results")
     args = parser.parse_args(argv)

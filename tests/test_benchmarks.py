@@ -154,6 +154,19 @@ def test_utility_benchmark_end_to_end(tmp_path):
     assert second["sampling"]["nfe"] == 3
     assert len(list((tmp_path / "run" / "release" / "synthetic").glob("*.npz"))) == 2
 
+    # an evaluation stopped part-way resumes: each finished phase is kept owner-side and reused
+    kept = tmp_path / "run" / "owner" / "utility" / "utility_tiny_full-custom.phases.json"
+    phases = json.loads(kept.read_text())
+    assert {"downstream", "image"} <= set(phases)
+    del phases["image"]  # as if stopped while computing the features
+    kept.write_text(json.dumps(phases))
+    resumed = utility("--feature-cache", str(tmp_path / "features"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    third = json.loads((tmp_path / "out" / "utility_tiny_full-custom.json").read_text())
+    assert third["wall_seconds"]["classifiers"] == result["wall_seconds"]["classifiers"]  # reused, not rerun
+    assert third["metrics"]["downstream"] == result["metrics"]["downstream"]
+    assert any((tmp_path / "features").iterdir())  # the shared owner-side cache of reference features
+
     refused = utility("--set", "privacy.steps=3")
     assert refused.returncode != 0 and "other settings (privacy.steps)" in refused.stderr
 
