@@ -228,6 +228,9 @@ def run(args: argparse.Namespace) -> dict:
         stem += f"_{sampling.sampler}-{sampling.steps}" + (f"-w{sampling.guidance:g}" if sampling.guidance != 1 else "")
         stem += "".join(f"-{short}{overrides[key]:g}" for key, short in (("sigma_max", "smax"), ("sigma_min", "smin"),
                                                                           ("rho", "rho")) if key in overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # the picture first: it needs no evaluation
+    save_comparison_grid(images, labels, test_images, test_labels, out / f"{stem}.png", num_classes=num_classes)
     # each evaluation phase is kept owner-side as it finishes, so an interrupted evaluation resumes where it stopped
     done_file = run_dir / "owner" / "utility" / f"{stem}.phases.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else {}
@@ -252,9 +255,6 @@ def run(args: argparse.Namespace) -> dict:
     metrics = {**done["image"], "downstream": done["downstream"]}
     phases["features"], phases["classifiers"] = done["image_seconds"], done["downstream_seconds"]
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_comparison_grid(images, labels, test_images, test_labels, out / f"{stem}.png", num_classes=num_classes)
     if privacy is None:
         raise SystemExit(f"{run_dir}: the release has no privacy report")
     plan = privacy.parts.get("dpsgd") or privacy.parts.get("student") or {}

@@ -82,11 +82,13 @@ class StageRecords:
     def sha256(self, name: str) -> str | None:
         return self.load().get(name, {}).get("sha256")
 
-    def finished(self, stage: Stage, output: Path) -> None:
+    def finished(self, stage: Stage, output: Path, seconds: float | None = None) -> None:
+        """Record a finished stage; ``seconds``: the wall time of the attempt that finished it (owner-side)."""
         records = self.load()
         records[stage.name] = json_safe({"reads": stage.reads, "plan": stage.plan.to_dict() if stage.plan else None,
                                          "settings": dict(stage.settings), "output": str(output),
-                                         "sha256": file_sha256(output)})
+                                         "sha256": file_sha256(output),
+                                         **({"seconds": seconds} if seconds is not None else {})})
         self.run.owner.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run.stages, records)
 

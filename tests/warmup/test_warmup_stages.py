@@ -35,6 +35,9 @@ def test_a_warm_up_run_composes_its_stages_in_one_plan_and_reports_each(tmp_path
     assert report["spent"]["epsilon"] == pytest.approx(5.0, rel=0.01)  # calibrated together to the target
     assert report["method"] == "DP warm-up + DPDM" and report["data"]["start"]["kind"].startswith("warm-up")
     assert (run / "release" / "central_images.safetensors").is_file() and (run / "warmup" / "model.safetensors").is_file()
+    records = json.loads((run / "owner" / "stages.json").read_text())  # each stage's wall time, owner-side
+    assert records["central images"]["seconds"] > 0 and records["warm-up training"]["seconds"] > 0
+    assert "seconds" not in (run / "release" / "privacy.json").read_text()
 
     # resume reuses the release and refuses other settings (the same run, to keep the suite short)
     released = (run / "release" / "central_images.safetensors").read_bytes()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,12 +142,13 @@ def _release_once(stage: Stage, run: RunFolder, file: str,
         records.check_reusable(stage, path)
         return path
     assert stage.plan is not None
+    started = time.perf_counter()
     sampling, noise = secret_streams(secret_seed, f"{file.split('_')[0]}_", distributed.World())
     name, tensor, header = make(sampling, noise)
     header = {"stage": stage.name, **header, "plan": stage.plan.to_dict(), "reproducible": sampling.reproducible}
     run.release.mkdir(parents=True, exist_ok=True)
     save_file({name: tensor.contiguous()}, str(path), metadata={"dpdiffusion": json.dumps(header)})
-    records.finished(stage, path)
+    records.finished(stage, path, seconds=time.perf_counter() - started)
     return path
 
 
@@ -210,7 +212,7 @@ def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, 
     if out.is_file():
         records.check_reusable(stage, out)
         return out
-    w = config.warmup
+    started, w = time.perf_counter(), config.warmup
     warm = warmup_images(read_central(released), config.model.img_resolution, w.sharpen)
     if frequency is not None:
         generated = generated_set(config, frequency)
@@ -222,7 +224,7 @@ def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, 
                **({"frequency_features_sha256": file_sha256(frequency)} if frequency is not None else {})}
     pretrain(model, plain, warm, out, trained_on={"release": sources}, progress=progress, desc="warm-up",
              stage=stage, augment=Augment(flip=w.augment_flip, crop_padding=w.augment_translate))
-    records.finished(stage, out)
+    records.finished(stage, out, seconds=time.perf_counter() - started)
     return out
 
 
