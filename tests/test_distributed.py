@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,7 +132,14 @@ def _noise_only(rank, size, rendezvous, out):
 @pytest.mark.parametrize("processes", [2, 3])
 def test_the_noise_has_variance_sigma2_c2_in_total_not_per_rank(tmp_path, processes):
     out = tmp_path / "noise"
-    mp.spawn(_noise_only, args=(processes, str(tmp_path / "rendezvous"), str(out)), nprocs=processes)
+    try:
+        mp.spawn(_noise_only, args=(processes, str(tmp_path / "rendezvous"), str(out)), nprocs=processes)
+    except mp.ProcessExitedException as e:
+        # gloo's teardown can abort a process on an overloaded machine after every rank has written its draws and
+        # passed the final barrier; the property under test is the draws, so only an abort before them fails
+        written = all(Path(f"{out}-{rank}.safetensors").is_file() for rank in range(processes))
+        if e.signal_name != "SIGABRT" or not written:
+            raise
     noise = [load_file(f"{out}-{rank}.safetensors")["noise"].double() for rank in range(processes)]
     for other in noise[1:]:
         assert torch.equal(other, noise[0])  # every rank holds the same noisy update
