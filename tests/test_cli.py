@@ -49,3 +49,20 @@ def test_console_entry_point_runs_as_a_module():
         capture_output=True, text=True, check=True,
     )
     assert float(out.stdout) > 0
+
+
+@pytest.mark.parametrize("accountant", ["prv", "pld"])
+def test_a_tiny_target_epsilon_is_calibrated_and_the_swamping_noise_named(accountant, capsys):
+    """epsilon 1e-4 used to print 'cannot convert float NaN to integer' (prv; the calibration before it once took
+    22.5 GB) or a traceback (pld)."""
+    args = ["privacy", "--epsilon", "1e-4", "--delta", "1e-5", "--sample-rate", "0.004", "--steps", "1000",
+            "--accountant", accountant]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    sigma = float(captured.out.strip())
+    assert epsilon(noise_multiplier=sigma, sample_rate=0.004, steps=1000, delta=1e-5, accountant="pld") <= 1e-4
+    note = captured.err.strip().splitlines()
+    assert note == [] if accountant == "pld" else (len(note) == 1 and "note:" in note[0] and "PLD bound" in note[0])
+    assert main([*args, "--batch-size", "240"]) == 0  # sigma / B >= 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 + len(note) and err[0].startswith("dpdiffusion privacy: warning: the noise swamps the signal")

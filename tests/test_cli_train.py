@@ -152,3 +152,50 @@ def test_resume_on_other_data_of_the_same_size_is_refused(tmp_path, capsys):
     err = _error_lines(capsys)
     assert len(err) == 1 and "other training data" in err[0] and "data.subset: '0:1000' -> '1:1001'" in err[0]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_more_class_folders_than_the_model_takes_fail_the_dry_run_in_one_line(tmp_path, capsys):
+    from tests.data.fakes import write_png
+
+    for label in range(3):
+        write_png(tmp_path / "images" / f"class{label}" / "x.png", (8, 8), 100 * label, mode="L")
+    config = write_config(tmp_path, TINY.replace("data: {name: digits}", "data: {name: imagefolder, path: "
+                                                 f"'{tmp_path / 'images'}', resolution: 8, channels: 1}}"))
+    assert main(["train", config, "--dry-run", "--set", "model.num_classes=2", "--set", "privacy.batch_size=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labels go up to 2 (3 classes" in err[0] and "set model.num_classes to 3" in err[0]
+
+
+def test_a_tiny_target_epsilon_plans_in_bounded_memory_and_warns(config, capsys):
+    assert main(["train", config, "--dry-run", "--set", "privacy.target_epsilon=1e-4"]) == 0
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)["privacy"]
+    assert 0 < plan["planned_epsilon"] <= 1e-4 and plan["noise_multiplier"] / 64 >= 1
+    err = captured.err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("dpdiffusion train: warning: dpsgd: the noise swamps the signal")
+    assert err[1].startswith("dpdiffusion train: note:") and "PLD bound" in err[1]
+
+
+def test_resume_of_a_folder_that_does_not_exist_is_refused(config, tmp_path, capsys):
+    run = tmp_path / "typo"
+    assert main(["train", config, "--run-dir", str(run), "--resume"]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "does not exist" in err[0] and not run.exists()
+
+
+def test_resume_with_changed_settings_is_refused_and_performance_may_change(config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", config, "--run-dir", str(run)]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for change, named in ((["training.lr=0.01"], ["training.lr: 0.0003 -> 0.01"]),
+                          (["training.ema_decay=0.9", "model.dropout=0.1"],
+                           ["training.ema_decay: 0.999 -> 0.9", "model.dropout: 0.0 -> 0.1"])):
+        assert main(["train", config, "--run-dir", str(run), "--resume", *(f"--set={c}" for c in change)]) == 2
+        err = _error_lines(capsys)
+        assert len(err) == 1 and "other settings than it was trained with" in err[0]
+        assert all(n in err[0] for n in named)
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing rewritten
+    allowed = ["--set", "performance.micro_batch_size=7", "--set", "training.log_every=5", "--set", "name=renamed"]
+    assert main(["train", config, "--run-dir", str(run), "--resume", *allowed]) == 0
+    assert json.loads((run / "config.json").read_text())["performance"]["micro_batch_size"] == 7

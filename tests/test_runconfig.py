@@ -1,8 +1,11 @@
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpdiffusion.runconfig import ConfigError, RunConfig, load_config, parse_override
+from dpdiffusion.io import json_safe
+from dpdiffusion.runconfig import ConfigError, RunConfig, changed_settings, load_config, parse_override
 
 
 def write(tmp_path, text):
@@ -113,3 +116,18 @@ def test_enum_like_settings_are_literals_checked_when_the_config_loads():
                        ("finetune.init_private_data", "maybe")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config("mnist-eps10-cpu", [f"{key}={value}"])
+
+
+def test_changed_settings_name_every_key_a_resume_may_not_change(tmp_path):
+    was = load_config(write(tmp_path, "model: {num_classes: 10}\n")).to_dict()
+    now = load_config(write(tmp_path, "model: {num_classes: 10}\n"), [
+        "training.lr=0.01", "model.channel_mult=[1, 2, 4]", "privacy.max_grad_norm=inf", "sampling.steps=30",
+        "performance.micro_batch_size=8", "performance.device=cpu", "training.log_every=1",
+        "training.checkpoint_every=9", "data.data_dir=/elsewhere", "name=other"]).to_dict()
+    changed = changed_settings(json.loads(json.dumps(json_safe(was))), now)  # as a checkpoint reads it back
+    assert changed == {"model.channel_mult": ([1, 2, 2], [1, 2, 4]), "privacy.max_grad_norm": (1.0, "inf"),
+                       "sampling.steps": (18, 30), "training.lr": (0.0003, 0.01)}
+    assert changed_settings(was, was) == {}
+    older = json.loads(json.dumps(json_safe(was)))
+    del older["training"]["lr"], older["warmup"]  # written before these settings existed: they had their defaults
+    assert changed_settings(older, was) == {}

@@ -10,11 +10,25 @@ from collections.abc import Sequence
 
 from dpdiffusion import __version__
 from dpdiffusion.io import json_safe
-from dpdiffusion.privacy import ACCOUNTANTS, epsilon, noise_multiplier
+from dpdiffusion.privacy import ACCOUNTANTS, SampledGaussian, epsilon, noise_multiplier
+from dpdiffusion.privacy.accounting import PRV_MAX_GRID_POINTS, prv_falls_back
+from dpdiffusion.privacy.plan import noise_swamps_signal
 
 
 class CliError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
+
+
+def warn(command: str, message: str, word: str = "warning") -> None:
+    print(f"dpdiffusion {command}: {word}: {message}", file=sys.stderr)
+
+
+def note_prv_fallback(command: str, events: Sequence[SampledGaussian], *, delta: float, accountant: str) -> None:
+    """A note on stderr when the prv accountant gave dp-accounting's PLD bound for ``events`` (``prv_falls_back``)."""
+    if accountant == "prv" and prv_falls_back(events, delta=delta):
+        warn(command, f"epsilon is small for the number of steps: the prv accountant's grid would exceed "
+                      f"{PRV_MAX_GRID_POINTS:.0e} points, so epsilon is dp-accounting's PLD bound (tight, and a valid "
+                      "upper bound too)", word="note")
 
 
 def _positive_int(text: str) -> int:
@@ -44,6 +58,8 @@ def add_privacy_parser(subparsers) -> None:
     parser.add_argument("--sample-rate", type=float, required=True, help="Poisson sample rate q = B / N")
     parser.add_argument("--steps", type=_positive_int, required=True)
     parser.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
+    parser.add_argument("--batch-size", type=_count, help="expected batch size B: warn when sigma / B >= 1 (the noise "
+                        "swamps the signal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_privacy)
 
@@ -56,6 +72,11 @@ def run_privacy(args: argparse.Namespace) -> int:
     else:
         sigma = args.noise_multiplier
         spent = epsilon(noise_multiplier=sigma, **common)
+    swamped = noise_swamps_signal(sigma, args.batch_size) if args.batch_size else None
+    if swamped:
+        warn("privacy", swamped)
+    note_prv_fallback("privacy", [SampledGaussian(sigma, args.sample_rate, args.steps)], delta=args.delta,
+                      accountant=args.accountant)
     result = {
         "noise_multiplier": sigma,
         "epsilon": spent,
@@ -143,14 +164,24 @@ def train_on(args: argparse.Namespace, world) -> int:
     if wrong:
         raise CliError(f"{wrong[0]}: does not apply to method {method.name} (its flag is {method.non_private_flag})")
     allow_non_private = flags[method.non_private_flag]
+    run_dir = Path(args.run_dir or Path("runs") / config.name)
+    if args.resume and not args.dry_run and not run_dir.is_dir():
+        raise CliError(f"--resume: {run_dir} does not exist, so there is no run to resume (leave out --resume to "
+                       "start a new run there)")
     with distributed.main_first(world):  # rank 0 downloads what is missing; the others then find it
         dataset = load_dataset(config.data, "train")
     check_fits_model(dataset, config.model)
     run_plan = method.plan(config, len(dataset), allow_non_private=allow_non_private)
+    if world.is_main:
+        composed = run_plan.composed
+        for name, part in composed.parts:
+            swamped = part.noise_warning() if name not in composed.fixed else None  # fixed: spent before this run
+            if swamped:
+                warn("train", f"{name}: {swamped}")
+        note_prv_fallback("train", composed.events(), delta=composed.delta, accountant=composed.accountant)
     if args.dry_run:
         print(json.dumps(json_safe(method.describe(config, dataset, run_plan)), indent=2))
         return 0
-    run_dir = Path(args.run_dir or Path("runs") / config.name)
     if method.audit_canaries:
         from dpdiffusion.audit.canaries import with_canaries
 

@@ -4,6 +4,7 @@ overrides. Unknown or mistyped keys are errors that name the key."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from dpdiffusion.config import Performance
+from dpdiffusion.io import json_safe
 from dpdiffusion.nets.discriminator import DiscriminatorConfig
 from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.privacy.plan import PrivacyPlan, steps_for
@@ -359,6 +361,37 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> RunConfig:
     for text in overrides:
         data = _merge(data, parse_override(text))
     return _build(RunConfig, data, "")
+
+
+# What a resume may change (a key, or a section with all its keys): how fast and where a run trains and how often it
+# logs and checkpoints (a resume is bit-exact whatever they are: ``Performance``), where the data are read from
+# (their content is checked by sha256 on resume), and the run's labels. Anything else -- what is trained, how,
+# and on what -- would make the release describe settings its weights were never trained with.
+RESUMABLE_SETTINGS = ("name", "description", "performance", "training.log_every", "training.checkpoint_every",
+                      "data.data_dir", "data.path", "data.test_path",
+                      "pretrain.data.data_dir", "pretrain.data.path", "pretrain.data.test_path")
+
+
+def _flat(settings: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        return {prefix: settings}
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_settings(was: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (was, now) for every setting that differs between two ``RunConfig.to_dict()`` forms (either
+    read back from JSON), apart from ``RESUMABLE_SETTINGS``. A key that ``was`` lacks (written before the setting
+    existed) had its default."""
+    def flat(settings: dict[str, Any]) -> dict[str, Any]:
+        return _flat(json.loads(json.dumps(json_safe(settings))))
+
+    old, new = {**flat(RunConfig().to_dict()), **flat(was)}, flat(now)
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(flat(was)) | set(new))
+            if old.get(key) != new.get(key)
+            and not any(key == free or key.startswith(free + ".") for free in RESUMABLE_SETTINGS)}
 
 
 def planned_size(privacy: PrivacyConfig, dataset_size: int) -> int:

@@ -36,7 +36,7 @@ from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.privacy.report import COMPOSED_MECHANISM, DatasetSize, PrivacyReport, Provenance, Spent
 from dpdiffusion.release import released_config
 from dpdiffusion.run_folder import RunFolder
-from dpdiffusion.runconfig import TrainingConfig
+from dpdiffusion.runconfig import TrainingConfig, changed_settings
 from dpdiffusion.stages import Stage, StageRecords
 
 MAIN = "dpsgd"  # the stage name of a run's main DP mechanism (DPDM, fine-tuning)
@@ -46,6 +46,10 @@ REPRODUCIBLE = ("NOT differentially private: batch selection and noise were deri
 
 class ResumeError(LedgerMismatchError):
     """``--resume`` found a run that checkpointed or released, but no checkpoint it can load."""
+
+
+class ChangedSettingsError(LedgerMismatchError):
+    """``--resume`` with settings other than those the run's checkpoint was trained with."""
 
 
 class Trainer(TrainingLoop):
@@ -130,6 +134,23 @@ class Trainer(TrainingLoop):
         for mechanism in self.mechanisms.values():  # refuses changed privacy settings before anything else
             mechanism.check_loadable(meta)
         self.check_same_data(meta)
+        self.check_same_settings(meta)
+
+    def check_same_settings(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume with any setting other than the checkpoint was trained with (learning rate, EMA, model,
+        diffusion, sampling, ...), before anything is loaded or written: the release would describe settings its
+        weights were never trained with. Performance, logging and checkpoint intervals, the data's locations and
+        the run's name may change (``runconfig.RESUMABLE_SETTINGS``); a checkpoint without settings is not checked."""
+        saved = meta.get("config")
+        if not saved or not self.config:
+            return
+        changed = changed_settings(saved, self.config)
+        if changed:
+            shown = ", ".join(f"{key}: {was!r} -> {now!r}" for key, (was, now) in list(changed.items())[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise ChangedSettingsError(f"cannot resume {self.run.root} with other settings than it was trained with "
+                                       f"({shown}{more}); nothing was changed: resume with its settings, or start a "
+                                       "new run in another folder")
 
     def check_same_data(self, meta: dict[str, Any]) -> None:
         """Refuse to resume on other training data than the run started on (same size or not)."""

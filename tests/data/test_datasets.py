@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import dpdiffusion.data.datasets as datasets
-from dpdiffusion.data.datasets import DATASETS, load_dataset, subset_range
+from dpdiffusion.data.datasets import DATASETS, check_fits_model, check_labels_fit, load_dataset, subset_range
+from dpdiffusion.nets.unet import UNetConfig
 from dpdiffusion.runconfig import ConfigError, DataConfig
 from tests.data.fakes import write_png
 
@@ -54,3 +55,27 @@ def test_a_subset_is_a_fixed_range_of_the_training_split(subset, expected):
 def test_a_bad_subset_is_a_config_error(subset):
     with pytest.raises(ConfigError, match="data.subset"):
         subset_range(subset, 1437)
+
+
+def ten_class_folders(root, count: int = 10):
+    for label in range(count):
+        write_png(root / f"class{label}" / "x.png", (8, 8), 20 * label, mode="L")
+    return DataConfig(name="imagefolder", path=str(root), resolution=8, channels=1)
+
+
+@pytest.mark.parametrize("num_classes", [9, 2])
+def test_more_classes_than_the_model_takes_are_refused_at_load(tmp_path, num_classes):
+    """A tenth class would silently train as classifier-free guidance's "no label" (num_classes 9), or fail in
+    training (num_classes 2)."""
+    dataset = load_dataset(ten_class_folders(tmp_path), "train")
+    model = UNetConfig(img_resolution=8, attn_resolutions=(), num_classes=num_classes)
+    with pytest.raises(ConfigError, match=f"labels go up to 9 .* model.num_classes is {num_classes}: set model.num_classes to 10"):
+        check_fits_model(dataset, model)
+    check_fits_model(dataset, UNetConfig(img_resolution=8, attn_resolutions=(), num_classes=10))
+    check_fits_model(dataset, UNetConfig(img_resolution=8, attn_resolutions=(), num_classes=0))  # unconditional: labels unused
+    check_fits_model(dataset, model, "pretrain.data", labels=False)  # public labels a run may leave unused
+
+
+def test_a_negative_label_is_refused():
+    with pytest.raises(ConfigError, match="negative"):
+        check_labels_fit(torch.tensor([0, -1, 3]), 10)

@@ -4,13 +4,14 @@ import dp_accounting
 import pytest
 
 from dpdiffusion.privacy import SampledGaussian, composed_epsilon, epsilon, noise_multiplier
+from dpdiffusion.privacy.accounting import PRV_MAX_GRID_POINTS, prv_falls_back
 
 Q, STEPS, DELTA = 0.01, 1000, 1e-5
 
 
-def independent_pld_epsilon(sigma, q, steps, delta):
+def independent_pld_epsilon(sigma, q, steps, delta, interval=1e-4):
     """dp-accounting's PLD accountant with a fine discretisation, set up here independently."""
-    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=interval)
     accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return accountant.get_epsilon(delta)
 
@@ -91,3 +92,32 @@ def test_paper_scale_calibration_matches_pld(target):
     q, steps = 4096 / 60000, 4395
     sigma = noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=DELTA)
     assert abs(independent_pld_epsilon(sigma, q, steps, DELTA) / target - 1) < 0.01
+
+
+def test_so_much_noise_that_rdp_proves_zero_is_zero_for_every_accountant():
+    """RDP's bound is 0 here ((0, delta)-DP); PRV used to divide by it (NaN) and PLD to overflow."""
+    kwargs = dict(noise_multiplier=3e4, sample_rate=0.004, steps=1000, delta=DELTA)
+    assert [epsilon(**kwargs, accountant=a) for a in ("rdp", "pld", "prv")] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("target", [1e-4, 0.01])
+def test_a_tiny_epsilon_calibrates_within_bounded_memory(target, monkeypatch):
+    """PRV's grid at a 1e-4 target would hold 7e9 points (it was OOM-killed at 22.5 GB): past the cap, "prv" gives
+    PLD's bound, which the commands report (``prv_falls_back``); the calibrated sigma meets the target."""
+    from opacus.accountants import PRVAccountant
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the PRV accountant was asked for a grid over the cap")
+
+    q, steps = 0.004, 1000
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", refuse)  # every evaluation near these targets falls back
+    sigma = noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=DELTA)
+    assert sigma == noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=DELTA, accountant="pld")
+    assert prv_falls_back([SampledGaussian(sigma, q, steps)], delta=DELTA)
+    spent = independent_pld_epsilon(sigma, q, steps, DELTA, interval=target / 1e4)
+    assert 0.8 * target <= spent <= target  # PLD's grid follows RDP's bound, which floors near 0.0035 here
+
+
+def test_an_ordinary_epsilon_stays_with_prv():
+    assert PRV_MAX_GRID_POINTS >= 2.5e6  # DPDM's MNIST plan at epsilon 0.2 (mnist-eps0.2) needs 2.4e6
+    assert not prv_falls_back([SampledGaussian(1.0, Q, STEPS)], delta=DELTA)

@@ -111,3 +111,11 @@ def test_non_private_control_is_labelled(tmp_path):
     resumed = PrivacyLedger(plan(noise_multiplier=0.0, max_grad_norm=math.inf))
     resumed.load_state_dict(json.loads(json.dumps(ledger.state_dict(), allow_nan=False)))
     assert resumed.steps_taken == 1
+
+
+def test_noise_that_swamps_the_signal_is_named():
+    """sigma / B >= 1: each coordinate's noise in the noisy mean is at least C, the norm of the whole signal."""
+    assert plan(noise_multiplier=49.0).noise_warning() is None
+    warning = plan(noise_multiplier=50.0).noise_warning()
+    assert warning is not None and "sigma / B = 50 / 50 = 1 >= 1" in warning and "\n" not in warning
+    assert plan(noise_multiplier=0.0, max_grad_norm=math.inf).noise_warning() is None  # a non-private control

@@ -64,12 +64,31 @@ def load_dataset(data: DataConfig, split: str) -> ArrayDataset:
     return ArrayDataset(resize(images, data.resolution), labels, transform=to_model_range)
 
 
-def check_fits_model(dataset: ArrayDataset, model: UNetConfig, what: str = "data") -> None:
+def check_fits_model(dataset: ArrayDataset, model: UNetConfig, what: str = "data", *, labels: bool = True) -> None:
     """The images must have the shape the network is built for (a fully convolutional UNet would otherwise
-    train on them and sample at another size). The shape is public; no pixel is read."""
+    train on them and sample at another size). The shape is public; no pixel is read. ``labels``: the labels
+    are trained on, so they must fit the model too (``check_labels_fit``)."""
     have = tuple(dataset.x.shape[1:])
     want = (model.in_channels, model.img_resolution, model.img_resolution)
     if have != want:
         raise ConfigError(f"{what}: the images are {'x'.join(map(str, have))} (channels x height x width) but the "
                           f"model expects {'x'.join(map(str, want))}: set {what}.resolution (or data.channels) or "
                           f"model.img_resolution / model.in_channels to match")
+    if labels:
+        check_labels_fit(dataset.y, model.num_classes, what)
+
+
+def check_labels_fit(labels: torch.Tensor, num_classes: int, what: str = "data") -> None:
+    """A class-conditional model (``num_classes`` > 0) takes labels in [0, num_classes): the index num_classes is
+    classifier-free guidance's "no label", so a further class would silently train as unlabelled (and a larger
+    one fail mid-training). An unconditional model ignores labels. An owner-side check, before training: the
+    error names the largest label, which only the owner's terminal sees."""
+    if not num_classes or not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ConfigError(f"{what}: a label is negative ({low}); labels must lie in [0, model.num_classes)")
+    if high >= num_classes:
+        raise ConfigError(f"{what}: the labels go up to {high} ({high + 1} classes, e.g. class folders) but "
+                          f"model.num_classes is {num_classes}: set model.num_classes to {high + 1} (the index "
+                          f"num_classes is classifier-free guidance's \"no label\")")

@@ -13,6 +13,20 @@ class PrivacyPlanError(ValueError):
     """The requested privacy settings are invalid or cannot be met."""
 
 
+def noise_swamps_signal(noise_multiplier: float, expected_batch_size: float) -> str | None:
+    """Why the noise swamps the signal, if it does: sigma / B >= 1. The noisy mean adds N(0, (sigma C / B)^2) to
+    each coordinate, while the mean of B clipped contributions has norm at most C in all its coordinates
+    together; at sigma / B >= 1 the noise of a single coordinate is as large as the whole signal can be, so
+    training learns little whatever the step count. (DP-SGD runs that train well have sigma / B near 1e-3, e.g.
+    sigma 3 at B 4096.)"""
+    ratio = noise_multiplier / expected_batch_size
+    if not ratio >= 1:
+        return None
+    return (f"the noise swamps the signal: sigma / B = {noise_multiplier:.4g} / {expected_batch_size:g} = {ratio:.3g} "
+            f">= 1, so each coordinate of the noisy mean gets noise of standard deviation {ratio:.3g} C, while the "
+            "mean of the clipped contributions has norm at most C; raise the batch size or epsilon, or take fewer steps")
+
+
 @dataclass(frozen=True)
 class PrivacyPlan:
     """What one DP-SGD run spends, and how.
@@ -87,6 +101,10 @@ class PrivacyPlan:
     @property
     def planned_epsilon(self) -> float:
         return self.epsilon_after(self.steps)
+
+    def noise_warning(self) -> str | None:
+        """Why this plan's noise swamps its signal, if it does (``noise_swamps_signal``)."""
+        return noise_swamps_signal(self.noise_multiplier, self.expected_batch_size) if self.is_private else None
 
     @classmethod
     def calibrated(
