@@ -19,6 +19,19 @@ from tests.tiny import TINY_RUN, write_config
 WARM = TINY_RUN + "warmup: {central_rounds: 3, central_batch_size: 300, central_noise_ratio: 2.0, steps: 3, batch_size: 16}\n"
 
 
+def released_file(tmp_path):
+    """A central-images release of 50 random 8x8 images in 10 classes, saved as a run saves it; and its plan."""
+    data = ArrayDataset(torch.rand(50, 1, 8, 8) * 2 - 1, torch.arange(50) % 10)
+    plan = central_images_plan(dataset_size=50, batch_size=20, rounds=2, noise_multiplier=1.0, delta=1e-3,
+                               image_shape=(1, 8, 8), downsample=2)
+    released = release_central_images(DeclaredSize(data, 50), plan, num_classes=10, downsample=2,
+                                      sampling=SecretStream.fresh(b"s"), noise=SecretStream.fresh(b"n"))
+    path = tmp_path / "central.safetensors"
+    save_file({"images": released.images}, str(path),
+              metadata={"dpdiffusion": json.dumps({"downsample": 2, "plan": plan.to_dict()})})
+    return path, plan
+
+
 def test_a_warm_up_run_composes_its_stages_in_one_plan_and_reports_each(tmp_path, capsys):
     config, run = write_config(tmp_path, WARM), tmp_path / "run"
     assert main(["train", config, "--dry-run"]) == 0
@@ -54,15 +67,7 @@ def test_the_warm_up_stage_reads_only_the_release(tmp_path):
     """``warm_up`` gets the released file: with the private data made unreachable (an image folder that does not
     exist), it trains from the release alone."""
     cfg = load_config(write_config(tmp_path, WARM), ["data.name=imagefolder", f"data.path={tmp_path / 'gone'}"])
-    data = ArrayDataset(torch.rand(50, 1, 8, 8) * 2 - 1, torch.arange(50) % 10)
-    plan = central_images_plan(dataset_size=50, batch_size=20, rounds=2, noise_multiplier=1.0, delta=1e-3,
-                               image_shape=(1, 8, 8), downsample=2)
-    released = release_central_images(DeclaredSize(data, 50), plan, num_classes=10, downsample=2,
-                                      sampling=SecretStream.fresh(b"s"), noise=SecretStream.fresh(b"n"))
-    path = tmp_path / "central.safetensors"
-    save_file({"images": released.images}, str(path),
-              metadata={"dpdiffusion": json.dumps({"downsample": 2, "plan": plan.to_dict()})})
-    del data, released
+    path, plan = released_file(tmp_path)
     stage = warmup.stages(cfg, plan)[1]
     out = warmup.warm_up(cfg, path, stage, RunFolder(tmp_path / "run"), progress=False)
     assert out.is_file() and not (tmp_path / "gone").exists()
@@ -110,14 +115,7 @@ def test_warm_up_augments_its_few_images_with_fixed_translations(tmp_path, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pretrain_module, "DenoisingLoss", spy)
-    data = ArrayDataset(torch.rand(50, 1, 8, 8) * 2 - 1, torch.arange(50) % 10)
-    plan = central_images_plan(dataset_size=50, batch_size=20, rounds=2, noise_multiplier=1.0, delta=1e-3,
-                               image_shape=(1, 8, 8), downsample=2)
-    released = release_central_images(DeclaredSize(data, 50), plan, num_classes=10, downsample=2,
-                                      sampling=SecretStream.fresh(b"s"), noise=SecretStream.fresh(b"n"))
-    path = tmp_path / "central.safetensors"
-    save_file({"images": released.images}, str(path),
-              metadata={"dpdiffusion": json.dumps({"downsample": 2, "plan": plan.to_dict()})})
+    path, plan = released_file(tmp_path)
     stage = warmup.stages(cfg, plan)[1]
     assert stage.settings["warmup.augment_translate"] == 2 and stage.settings["warmup.augment_flip"] is False
     warmup.warm_up(cfg, path, stage, RunFolder(tmp_path / "run"), progress=False)
