@@ -89,3 +89,47 @@ def test_sample_reads_a_model_file_as_well_as_a_run_folder(run_dir, tmp_path):
     assert main(["sample", str(run_dir / "release" / "model.safetensors"), "--num", "4", "--out", str(from_file),
                  "--steps", "3"]) == 0
     assert np.array_equal(np.load(from_folder)["images"], np.load(from_file)["images"])
+
+
+def decode_png_folder(folder, num):
+    """Image i and its class folder, from ``folder/<class>/<i>.png``."""
+    from PIL import Image
+
+    found = {int(p.stem): (p.parent.name, np.asarray(Image.open(p))) for p in folder.glob("*/*.png")}
+    assert sorted(found) == list(range(num))
+    images = np.stack([found[i][1] for i in range(num)])
+    return images[..., None] if images.ndim == 3 else images, [found[i][0] for i in range(num)]
+
+
+def test_png_format_decodes_to_the_npz_images_of_the_same_seed(run_dir, tmp_path, capsys):
+    npz, folder = tmp_path / "s.npz", tmp_path / "pngs"
+    assert main(["sample", str(run_dir), "--num", "12", "--out", str(npz), "--steps", "3", "--seed", "5"]) == 0
+    assert main(["sample", str(run_dir), "--num", "12", "--out", str(folder), "--steps", "3", "--seed", "5",
+                 "--format", "png"]) == 0
+    data = np.load(npz)
+    images, classes = decode_png_folder(folder, 12)
+    assert images.dtype == np.uint8 and np.array_equal(images, data["images"])
+    assert classes == [str(label) for label in data["labels"]]  # no class names recorded: the label index
+    assert not list(tmp_path.glob(".pngs*")) and str(folder) in capsys.readouterr().out
+
+
+def test_png_format_refuses_a_non_empty_folder_before_sampling(run_dir, tmp_path, capsys, monkeypatch):
+    import dpdiffusion.diffusion.generate as generate_module
+
+    monkeypatch.setattr(generate_module, "generate", lambda *a, **k: pytest.fail("sampled before refusing"))
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    assert main(["sample", str(run_dir), "--num", "2", "--out", str(folder), "--format", "png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists and is not an empty folder" in err
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    assert main(["sample", str(run_dir), "--num", "2", "--out", str(tmp_path / "x.npz"), "--format", "png"]) == 2
+    assert "names a folder" in capsys.readouterr().err
+
+
+def test_png_format_fills_an_empty_folder(run_dir, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    assert main(["sample", str(run_dir), "--num", "3", "--out", str(folder), "--steps", "2", "--format", "png"]) == 0
+    assert len(list(folder.glob("*/*.png"))) == 3

@@ -96,9 +96,25 @@ def test_interrupted_cli_run_resumes_to_the_uninterrupted_result(config, tmp_pat
 
 
 def test_data_dir_flag_points_at_local_copies(config, tmp_path, capsys):
-    assert main(["train", config, "--dry-run", "--set", "data.name=mnist", "--data-dir", str(tmp_path)]) == 2
+    mnist = ["--set", "data.name=mnist", "--set", "model.img_resolution=28", "--set", "privacy.steps=2"]
+    assert main(["train", config, "--run-dir", str(tmp_path / "run"), *mnist, "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "mnist") in err and "not found" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset, size", [("fmnist-eps10", 60000), ("cifar10-eps10", 50000), ("celeba32-eps10", 162770),
+                                          ("mnist-eps10", 60000)])
+def test_a_canonical_preset_plans_offline_from_its_published_size(tmp_path, monkeypatch, capsys, preset, size):
+    monkeypatch.setenv("DPDIFFUSION_DATA_DIR", str(tmp_path))  # empty: no file of any dataset
+    fast = ["--set", "privacy.epochs=null", "--set", "privacy.steps=10"]  # calibrating 300 epochs takes minutes
+    assert main(["train", preset, "--dry-run", *fast]) == 0
+    captured = capsys.readouterr()
+    described = json.loads(captured.out)
+    assert described["dataset"]["size"] == size and described["privacy"]["sample_rate"] == pytest.approx(
+        described["config"]["privacy"]["batch_size"] / size)
+    notes = [line for line in captured.err.splitlines() if "published training-split size" in line]
+    assert len(notes) == 1 and notes[0].startswith("dpdiffusion train: note: ") and str(tmp_path) in notes[0]
 
 
 def _error_lines(capsys) -> list[str]:

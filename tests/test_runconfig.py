@@ -44,6 +44,9 @@ def test_overrides_apply_in_order(tmp_path):
         ("performance: {engine: warp}\n", [], "unknown engine"),
         ("- a list\n", [], "expected a mapping"),
         ("privacy: {batch_size: [\n", [], "not valid YAML"),
+        ("model: {num_classes: 2}\ndata: {class_names: [a, b, c]}\n", [], "3 names declared but model.num_classes is 2"),
+        ("model: {num_classes: 0}\ndata: {class_names: [a]}\n", [], r"model.num_classes is 0 \(unconditional\)"),
+        ("model: {num_classes: 2}\ndata: {class_names: [a, a]}\n", [], "'a' is declared more than once"),
     ],
 )
 def test_bad_configurations_name_the_problem(tmp_path, text, overrides, match):

@@ -49,7 +49,7 @@ def test_run_folder_separates_release_from_owner(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.fit()
     released = sorted(p.name for p in (tmp_path / "release").iterdir())
-    assert released == ["model.safetensors", "privacy.json"]
+    assert released == ["README.md", "model.safetensors", "privacy.json"]  # README.md: the model card
     report = json.loads((tmp_path / "release/privacy.json").read_text())
     for key in ("sample_rate", "noise_multiplier", "max_grad_norm", "steps", "delta", "accountant", "multiplicity"):
         assert key in report["plan"]

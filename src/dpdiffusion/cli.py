@@ -146,10 +146,13 @@ def train_on(args: argparse.Namespace, world) -> int:
 
     from dpdiffusion import distributed
     from dpdiffusion.data.datasets import check_fits_model, load_dataset
+    from dpdiffusion.data.known_sizes import planned_without_files
     from dpdiffusion.methods import METHODS
+    from dpdiffusion.monitoring import require as require_monitoring
     from dpdiffusion.runconfig import load_config
 
     config = load_config(args.config, args.set)
+    require_monitoring(config.training)  # an optional package it needs is missing: refused before any training
     if args.data_dir:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=args.data_dir))
         if config.pretrain.data is not None and config.pretrain.data.data_dir is None:
@@ -168,10 +171,16 @@ def train_on(args: argparse.Namespace, world) -> int:
     if args.resume and not args.dry_run and not run_dir.is_dir():
         raise CliError(f"--resume: {run_dir} does not exist, so there is no run to resume (leave out --resume to "
                        "start a new run there)")
-    with distributed.main_first(world):  # rank 0 downloads what is missing; the others then find it
-        dataset = load_dataset(config.data, "train")
-    check_fits_model(dataset, config.model)
-    run_plan = method.plan(config, len(dataset), allow_non_private=allow_non_private)
+    # a dry-run of a canonical dataset that is not on disk plans from its published size (not with pretrain.data,
+    # whose check compares images with the private ones)
+    offline = planned_without_files(config.data, config.model) if args.dry_run and not config.pretrain.data else None
+    if offline is None:
+        with distributed.main_first(world):  # rank 0 downloads what is missing; the others then find it
+            dataset = load_dataset(config.data, "train")
+        check_fits_model(dataset, config.model)
+    else:
+        warn("train", offline.note, word="note")
+    run_plan = method.plan(config, len(dataset if offline is None else offline), allow_non_private=allow_non_private)
     if world.is_main:
         composed = run_plan.composed
         for name, part in composed.parts:
@@ -180,7 +189,7 @@ def train_on(args: argparse.Namespace, world) -> int:
                 warn("train", f"{name}: {swamped}")
         note_prv_fallback("train", composed.events(), delta=composed.delta, accountant=composed.accountant)
     if args.dry_run:
-        print(json.dumps(json_safe(method.describe(config, dataset, run_plan)), indent=2))
+        print(json.dumps(json_safe(method.describe(config, dataset if offline is None else offline, run_plan)), indent=2))
         return 0
     if method.audit_canaries:
         from dpdiffusion.audit.canaries import with_canaries
@@ -199,6 +208,29 @@ def train_on(args: argparse.Namespace, world) -> int:
     return 0
 
 
+def add_init_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "init", help="write a starting configuration for your own images (folder, CSV, npz or Hugging Face dataset)",
+        description="Inspect the data's layout (kind, number of images and classes, the first image's size and "
+                    "channels) and write a starting YAML configuration sized for this machine.")
+    parser.add_argument("data", metavar="DATA", help="an image folder, a .csv, a .npz, a folder saved by datasets' "
+                        "save_to_disk, or a Hugging Face hub name")
+    parser.add_argument("--out", default="config.yaml", help="the configuration to write (never overwritten)")
+    machine = parser.add_mutually_exclusive_group()
+    machine.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="size for a GPU (DPDM's sizes)")
+    machine.add_argument("--cpu", dest="gpu", action="store_false", help="size for a CPU (default without CUDA)")
+    parser.set_defaults(handler=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from dpdiffusion.init_config import init
+
+    out, layout, gpu = init(args.data, args.out, args.gpu)
+    print(f"wrote {out}: {layout.source} data, {layout.size} images, {layout.num_classes} classes, sized for a "
+          f"{'GPU' if gpu else 'CPU'}; check it with `dpdiffusion train {out} --dry-run`")
+    return 0
+
+
 SAMPLER_NAMES = ("ancestral", "churn", "ddim", "dpmpp2m", "dpmpp3m", "heun")  # diffusion.samplers.SAMPLERS, without importing torch
 
 
@@ -207,7 +239,9 @@ def add_sample_parser(subparsers) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder, or a model file of ours "
                         "(e.g. RUN_DIR/public/model.safetensors, the public stage-1 model)")
     parser.add_argument("--num", type=_positive_int, required=True, help="number of images")
-    parser.add_argument("--out", required=True, help="FILE.npz: images (uint8 N x H x W x C) and labels (int64 N)")
+    parser.add_argument("--out", required=True, help="npz: FILE.npz, images (uint8 N x H x W x C) and labels (int64 N); "
+                        "png: a new or empty FOLDER, OUT/<class>/<index>.png (OUT/<index>.png if unconditional)")
+    parser.add_argument("--format", choices=("npz", "png"), default="npz", help="one .npz file (default) or PNG files")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the run's sampling.sampler")
     parser.add_argument("--steps", type=int, help="noise levels (default: the run's sampling.steps)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance weight w (1: conditional only)")
@@ -220,14 +254,13 @@ def add_sample_parser(subparsers) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
     import torch
 
-    from dpdiffusion.diffusion.generate import generate, load_model_file, load_release, save_grid
+    from dpdiffusion.diffusion.generate import generate, load_model_file, load_release
+    from dpdiffusion.diffusion.sample_output import check_output, write_npz, write_png_folder
 
     out = Path(args.out)
-    if out.suffix != ".npz":
-        raise CliError(f"--out must name a .npz file, got {out}")
+    check_output(out, args.format)
     source = Path(args.run_dir)
     model, config, _ = load_model_file(source) if source.is_file() else load_release(source)
     overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
@@ -242,12 +275,13 @@ def run_sample(args: argparse.Namespace) -> int:
             raise CliError(f"--labels must be comma-separated integers, got {args.labels!r}") from error
     images, drawn = generate(model, config, num=args.num, sampling=sampling, labels=labels, seed=args.seed,
                              batch_size=args.batch_size, progress=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.npz")
-    np.savez_compressed(tmp, images=images, labels=drawn)
-    tmp.replace(out)
-    save_grid(images, out.with_suffix(".png"))
-    print(f"wrote {len(images)} images to {out} and a grid to {out.with_suffix('.png')}")
+    if args.format == "png":
+        names = getattr(config.data, "class_names", None) or ()  # recorded by newer runs
+        write_png_folder(out, images, drawn, num_classes=config.model.num_classes, class_names=names)
+        print(f"wrote {len(images)} images to {out}/ as PNG files")
+    else:
+        write_npz(out, images, drawn)
+        print(f"wrote {len(images)} images to {out} and a grid to {out.with_suffix('.png')}")
     return 0
 
 
@@ -269,22 +303,23 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="FID, precision/recall and downstream accuracy of synthetic images, with a report",
+        "evaluate", help="FID, KID, precision/recall and downstream accuracy of synthetic images, with a report",
         description="Evaluate a run's released model (RUN_DIR: samples are generated) or a samples file against a "
                     "real dataset. Writes metrics.json, report.md and report.html (default: RUN_DIR/owner/evaluation "
-                    "or beside the samples file): owner-side results that use private data without noise.")
+                    "or beside the samples file): owner-side results that use private data without noise. The "
+                    "detector, the real data and the classifiers' input sizes are checked before any sampling.")
     parser.add_argument("source", metavar="RUN_DIR|SAMPLES.npz")
     parser.add_argument("--dataset", help="real dataset to compare with (default: the run's)")
     parser.add_argument("--data-dir", help="local dataset copies (else $DPDIFFUSION_DATA_DIR, else downloads)")
     parser.add_argument("--data-path", help="imagefolder: the training folder (one sub-folder per class)")
     parser.add_argument("--test-path", help="imagefolder: the test folder")
-    parser.add_argument("--metrics", default="fid,pr,acc", help="comma-separated: fid, pr, acc")
+    parser.add_argument("--metrics", default="fid,kid,pr,acc", help="comma-separated: fid, kid, pr, acc")
     parser.add_argument("--num", type=_count, default=60000, help="images to generate from RUN_DIR (DPDM: 60000)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--seed", type=_positive_int, default=0)
     parser.add_argument("--ref-split", default="train", help="reference split for FID and precision/recall")
     parser.add_argument("--ref-num", type=_positive_int, help="reference images (default: the whole split)")
-    parser.add_argument("--fid-num", type=_count, help="synthetic images for FID and precision/recall (default: all)")
+    parser.add_argument("--fid-num", type=_count, help="synthetic images for FID, KID and precision/recall (default: all)")
     parser.add_argument("--pr-num", type=_count, default=10000, help="images per side for precision/recall")
     parser.add_argument("--inception", help="local Inception detector (else $DPDIFFUSION_INCEPTION, else download)")
     parser.add_argument("--classifiers", help="comma-separated: logreg, mlp, cnn, resnet9 (default by channels)")
@@ -299,64 +334,24 @@ def add_evaluate_parser(subparsers) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dpdiffusion.evaluation.classifiers import CLASSIFIERS, ClassifierSettings
-    from dpdiffusion.evaluation.evaluate import EvaluationSettings, evaluate, load_samples, read_log
-    from dpdiffusion.evaluation.report import write_report
-    from dpdiffusion.release import check_located, owner_data
+    from dpdiffusion.evaluation.classifiers import ClassifierSettings
+    from dpdiffusion.evaluation.command import RealData, evaluate_source, summary
+    from dpdiffusion.evaluation.evaluate import EvaluationSettings
     from dpdiffusion.run_folder import RunFolder
-    from dpdiffusion.runconfig import DataConfig
 
     source = Path(args.source)
-    classifiers = tuple(c for c in (args.classifiers or "").split(",") if c) or None
-    if classifiers and set(classifiers) - set(CLASSIFIERS):
-        raise CliError(f"--classifiers: unknown {', '.join(sorted(set(classifiers) - set(CLASSIFIERS)))} "
-                       f"(choose from {', '.join(CLASSIFIERS)})")
     settings = EvaluationSettings(
         metrics=tuple(m for m in args.metrics.split(",") if m), num=args.num, seed=args.seed, ref_split=args.ref_split,
-        ref_num=args.ref_num, fid_num=args.fid_num, pr_num=args.pr_num, classifiers=classifiers, inception=args.inception,
+        ref_num=args.ref_num, fid_num=args.fid_num, pr_num=args.pr_num, inception=args.inception,
+        classifiers=tuple(c for c in (args.classifiers or "").split(",") if c) or None,
         classifier=ClassifierSettings(epochs=args.epochs, seed=args.seed), ceiling=not args.no_ceiling,
         cache=Path(args.cache_dir) if args.cache_dir else (RunFolder(source).cache if source.is_dir() else None),
     )
-    if source.is_dir():
-        import numpy as np
-
-        from dpdiffusion.diffusion.generate import generate, load_release
-
-        model, config, privacy = load_release(source)
-        located = owner_data(source, config.data)  # the release withholds the private data's paths
-        data = dataclasses.replace(located, name=args.dataset or located.name, data_dir=args.data_dir or located.data_dir,
-                                   resolution=config.model.img_resolution, path=args.data_path or located.path,
-                                   test_path=args.test_path or located.test_path)
-        check_located(data, "--data-path (and --test-path)")
-        out = Path(args.out) if args.out else RunFolder(source).evaluation
-        images, labels = generate(model, config, num=settings.num, seed=settings.seed, batch_size=args.batch_size,
-                                  progress=True)
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / "samples.npz", images=images, labels=labels)
-        num_classes, log, title = config.model.num_classes, read_log(source), f"Evaluation of {source}"
-    elif source.suffix == ".npz":
-        if not source.is_file():
-            raise CliError(f"{source} not found")
-        if not args.dataset:
-            raise CliError("--dataset is required with a samples file")
-        images, labels = load_samples(source)
-        data = DataConfig(name=args.dataset, data_dir=args.data_dir, resolution=int(images.shape[1]),
-                          path=args.data_path, test_path=args.test_path, channels=int(images.shape[-1]))
-        out = Path(args.out) if args.out else source.with_name(f"{source.stem}-evaluation")
-        num_classes, privacy, log, title = int(max(labels.max(), 0)) + 1, None, [], f"Evaluation of {source}"
-    else:
-        raise CliError(f"{source} is neither a run folder nor a .npz samples file")
-    metrics = evaluate(images, labels, data, settings, num_classes)
-    files = write_report(out, title=title, images=images, labels=labels, metrics=metrics, privacy=privacy, log=log,
-                         num_classes=num_classes)
-    if "fid" in metrics:
-        print(f"FID {metrics['fid']['value']:.2f}")
-    if "precision_recall" in metrics:
-        print(f"precision {metrics['precision_recall']['precision']:.3f} recall {metrics['precision_recall']['recall']:.3f}")
-    for name, entry in metrics.get("downstream", {}).get("classifiers", {}).items():
-        ceiling = entry.get("real_ceiling", {}).get("test_accuracy")
-        print(f"accuracy {name}: {entry['synthetic']['test_accuracy']:.2%}"
-              + (f" (real-data ceiling {ceiling:.2%})" if ceiling is not None else ""))
+    real = RealData(dataset=args.dataset, data_dir=args.data_dir, path=args.data_path, test_path=args.test_path)
+    metrics, files = evaluate_source(source, settings, real, out=Path(args.out) if args.out else None,
+                                     batch_size=args.batch_size, warn=lambda message: warn("evaluate", message))
+    for line in summary(metrics):
+        print(line)
     print(f"report: {files['html']} and {files['markdown']}")
     return 0
 
@@ -400,6 +395,27 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write a finished run's release in another library's format (diffusers)",
+        description="Write RUN_DIR/release as a folder diffusers loads: unet/ (UNet2DModel), scheduler/ (its EDM "
+                    "scheduler), privacy.json and README.md (the model card). Needs model.architecture: unet2d (or a "
+                    "fine-tuned diffusers model).")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    parser.add_argument("--format", choices=("diffusers",), default="diffusers")
+    parser.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+    parser.add_argument("--license", default="other", help="the license in the model card's front matter")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dpdiffusion.export import export_diffusers
+
+    out = export_diffusers(args.run_dir, args.out, license=args.license)
+    print(f"wrote {out} (load with UNet2DModel.from_pretrained('{out}', subfolder='unet'); model card: {out}/README.md)")
+    return 0
+
+
 def add_clear_cache_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "clear-cache", help="remove cached Inception reference features (of private data: un-noised)",
@@ -436,10 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_privacy_parser(subparsers)
     add_train_parser(subparsers)
     add_presets_parser(subparsers)
+    add_init_parser(subparsers)
     add_sample_parser(subparsers)
     add_demo_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_audit_parser(subparsers)
+    add_export_parser(subparsers)
     add_clear_cache_parser(subparsers)
     return parser
 

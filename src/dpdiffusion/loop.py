@@ -29,6 +29,7 @@ from dpdiffusion.diffusion.preconditioning import Precond
 from dpdiffusion.dpsgd.per_example import PerExampleLoss
 from dpdiffusion.dpsgd.step import StepReport
 from dpdiffusion.ema import EMA
+from dpdiffusion.monitoring import NO_MONITOR, Monitor
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,9 +114,11 @@ class PlainUpdates:
 class TrainingLoop:
     """Runs ``updates`` to ``total_steps``: EMA, the finite check, the log (every ``log_every`` steps) and
     checkpoints (every ``checkpoint_every``) in ``checkpoints``; ``finish()`` once the last step is taken. A
-    subclass sets ``self.updates`` after this constructor (the EMA copies the model before an engine hooks it)."""
+    subclass sets ``self.updates`` after this constructor (the EMA copies the model before an engine hooks it),
+    and may set ``self.monitor`` (``monitoring.Monitor``: shown ``monitored`` at each logged step; default none)."""
 
     updates: Updates
+    monitor: Monitor = NO_MONITOR
 
     def __init__(self, model: nn.Module, loss: PerExampleLoss, *, total_steps: int, ema_decay: float,
                  checkpoints: Path, log: Path, log_every: int, checkpoint_every: int,
@@ -221,6 +224,11 @@ class TrainingLoop:
         """What the progress bar shows after a logged step."""
         return {"loss": f"{report.loss_sum / max(report.batch_size, 1):.4g}"}
 
+    def monitored(self, report: StepReport) -> dict[str, float]:
+        """What the monitor shows after a logged step (owner-side: the loss is an un-noised statistic)."""
+        return {"train/loss": report.loss_sum / max(report.batch_size, 1),
+                "train/learning_rate": float(self.updates.optimizer.param_groups[0]["lr"])}
+
     def finish(self) -> None:
         """Write the stage's output (rank 0, once the last step is taken)."""
 
@@ -234,7 +242,8 @@ class TrainingLoop:
         window_images, window_start = 0, time.perf_counter()
         if main:
             self.log.parent.mkdir(parents=True, exist_ok=True)
-        with bar, (self.log.open("a") if main else contextlib.nullcontext()) as log:
+        monitor = self.monitor.started(self.updates.steps_taken) if main else NO_MONITOR
+        with bar, (self.log.open("a") if main else contextlib.nullcontext()) as log, monitor:
             while self.updates.steps_taken < end:
                 report = self.step()
                 self.check_finite()
@@ -250,7 +259,9 @@ class TrainingLoop:
                     log.flush()
                     if not bar.disable:
                         bar.set_postfix(**self.postfix(report), img_s=f"{record['images_per_s']:.0f}")
+                    monitor.scalars(step, self.monitored(report))
                     window_images, window_start = 0, time.perf_counter()
+                monitor.stepped(step, self.ema.model)
                 if main and (step % self.checkpoint_every == 0 or step == end):
                     self.save()
         if main and self.updates.steps_taken == total:

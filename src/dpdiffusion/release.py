@@ -68,6 +68,9 @@ def owner_data(run_dir: str | Path, released: DataConfig) -> DataConfig:
 
 
 def check_located(data: DataConfig, flags: str) -> None:
-    """An image folder needs its path, which a release does not carry: say which flags give it."""
-    if data.name == "imagefolder" and data.path is None:
-        raise ConfigError(f"the release does not carry the private image folder's path (withheld): pass {flags}")
+    """The user's own images (an image folder, a CSV, an npz, a Hugging Face dataset) need their path, which a
+    release does not carry: say which flags give it."""
+    from dpdiffusion.data.datasets import LOCATED
+
+    if data.name in LOCATED and data.path is None:
+        raise ConfigError(f"the release does not carry the private {data.name} data's path (withheld): pass {flags}")

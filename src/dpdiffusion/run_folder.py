@@ -4,12 +4,14 @@
                                   data's paths: the owner's, like everything outside release/ (a release carries
                                   the configuration with those withheld: ``dpdiffusion.release``)
     RUN_DIR/release/              model.safetensors (EMA weights), privacy.json (plan, stages and spend),
+                                  README.md (the model card: the guarantee in words, ``model_card``),
                                   synthetic/ (samples drawn from the release)
     RUN_DIR/public/               the public pretraining stage: its model and loss log (public data only)
     RUN_DIR/teacher/              DP-SAD's DP teacher: a run folder of its own
     RUN_DIR/owner/                checkpoints/ (weights, EMA, optimizer, secret generator states, ledgers),
                                   stages.json (finished stages: plan, settings, output sha256), log.jsonl
-                                  (un-noised statistics), audit/, evaluation/, utility/, cache/ (reference
+                                  (un-noised statistics), tensorboard/ (the same, and EMA sample grids, when
+                                  training.tensorboard is on), audit/, evaluation/, utility/, cache/ (reference
                                   features of the real data for FID) -- never released
 """
 
@@ -25,6 +27,7 @@ class RunFolder:
         self.release = self.root / "release"
         self.privacy_report = self.release / "privacy.json"
         self.model_weights = self.release / "model.safetensors"
+        self.model_card = self.release / "README.md"
         self.synthetic = self.release / "synthetic"
         self.public = self.root / "public"
         self.public_model = self.public / "model.safetensors"
@@ -33,6 +36,7 @@ class RunFolder:
         self.checkpoints = self.owner / "checkpoints"
         self.stages = self.owner / "stages.json"
         self.log = self.owner / "log.jsonl"
+        self.tensorboard = self.owner / "tensorboard"  # owner-side monitoring (un-noised statistics): never released
         self.audit = self.owner / "audit"
         self.evaluation = self.owner / "evaluation"
         self.cache = self.owner / "cache"  # evaluation's reference features (of private data: un-noised)

@@ -28,14 +28,29 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits, mnist, fmnist, cifar10, celeba32, celeba64, imagenet32 or imagefolder
+    # digits, mnist, fmnist, cifar10, celeba32, celeba64, imagenet32, or your own images: imagefolder, csv, npz, hf
+    # (data.datasets.DATASETS); "arrays" records data given as arrays through the Python API
+    name: str = "digits"
     data_dir: str | None = None  # local copies instead of downloads (else $DPDIFFUSION_DATA_DIR, else the cache)
     resolution: int | None = None  # resize (a fixed, data-independent transform); None keeps the native size
     label_attribute: str = "Male"  # celeba: the attribute that is the label (1 where +1, else 0)
-    path: str | None = None  # imagefolder: the training folder, one sub-folder of images per class
-    test_path: str | None = None  # imagefolder: the held-out folder (same class names); None: no test split
-    channels: int = 3  # imagefolder: 1 (images read as grayscale) or 3 (RGB)
+    # your own images: imagefolder -- a folder with one sub-folder of images per class; csv -- a CSV of path,label
+    # rows; npz -- a .npz with arrays images and labels; hf -- a folder saved by datasets' save_to_disk, or a hub name
+    path: str | None = None
+    test_path: str | None = None  # the held-out set, in the same form (same class names); None: no test split
+    channels: int = 3  # your own images: 1 (read as grayscale) or 3 (RGB)
     subset: str | None = None  # "start:stop": a fixed range of the training split by position (e.g. "10000:")
+    # names of the label indices 0, 1, ... (one per model class); empty: from the data's layout where it has them
+    # (sub-folder names, class names in a CSV's or a dataset's label column, a ClassLabel feature). The privacy
+    # report records the names and where they came from. They name the indices, never change an image's label.
+    class_names: tuple[str, ...] = ()
+    image_column: str = "image"  # hf: the column of images (an Image feature)
+    label_column: str = "label"  # hf: the column of labels (ClassLabel, class indices, or class names)
+
+    def __post_init__(self) -> None:
+        duplicated = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"class_names: {duplicated[0]!r} is declared more than once")
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,12 @@ class TrainingConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     seed: int = 0
+    # owner-side monitoring (dpdiffusion.monitoring; the optional extra dpdiffusion[tensorboard]): every log_every
+    # steps the un-noised loss, clipped fraction, learning rate and epsilon spent go to RUN_DIR/owner/tensorboard
+    tensorboard: bool = False
+    sample_grid_every: int = 0  # with tensorboard: a fixed-seed grid sampled from the EMA every this many steps (0: none)
+    sample_grid_images: int = 16
+    sample_grid_steps: int = 10  # the run's sampler with this many noise levels (sampling.steps is the release's)
 
     def __post_init__(self) -> None:
         if not (self.lr >= 0 and math.isfinite(self.lr)):  # 0 keeps the weights (a check of a start)
@@ -97,6 +118,12 @@ class TrainingConfig:
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError(f"checkpoint_every and log_every must be >= 1, got {self.checkpoint_every} and "
                              f"{self.log_every}")
+        if self.sample_grid_every < 0 or (self.sample_grid_every and not self.tensorboard):
+            raise ValueError(f"sample_grid_every must be 0 (no grid) or, with tensorboard: true, >= 1; got "
+                             f"{self.sample_grid_every} with tensorboard: {str(self.tensorboard).lower()}")
+        if not 1 <= self.sample_grid_images <= 100 or self.sample_grid_steps < 1:
+            raise ValueError(f"sample_grid_images must lie in [1, 100] and sample_grid_steps be >= 1, got "
+                             f"{self.sample_grid_images} and {self.sample_grid_steps}")
 
 
 SamplerName = Literal["ancestral", "churn", "ddim", "dpmpp2m", "dpmpp3m", "heun"]  # the keys of diffusion.samplers.SAMPLERS
@@ -214,6 +241,12 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     dpsad: DPSADConfig = field(default_factory=DPSADConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+
+    def __post_init__(self) -> None:
+        declared, classes = self.data.class_names, self.model.num_classes
+        if declared and len(declared) != classes:
+            raise ValueError(f"data.class_names: {len(declared)} names declared but model.num_classes is {classes}"
+                             f"{' (unconditional)' if not classes else ''}: declare one name per class")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -364,11 +397,12 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> RunConfig:
 
 
 # What a resume may change (a key, or a section with all its keys): how fast and where a run trains and how often it
-# logs and checkpoints (a resume is bit-exact whatever they are: ``Performance``), where the data are read from
-# (their content is checked by sha256 on resume), and the run's labels. Anything else -- what is trained, how,
+# logs, monitors and checkpoints (a resume is bit-exact whatever they are: ``Performance``), where the data are read
+# from (their content is checked by sha256 on resume), and the run's labels. Anything else -- what is trained, how,
 # and on what -- would make the release describe settings its weights were never trained with.
 RESUMABLE_SETTINGS = ("name", "description", "performance", "training.log_every", "training.checkpoint_every",
-                      "data.data_dir", "data.path", "data.test_path",
+                      "training.tensorboard", "training.sample_grid_every", "training.sample_grid_images",
+                      "training.sample_grid_steps", "data.data_dir", "data.path", "data.test_path",
                       "pretrain.data.data_dir", "pretrain.data.path", "pretrain.data.test_path")
 
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from dpdiffusion import distributed
+from dpdiffusion import distributed, monitoring
 from dpdiffusion.config import Performance
 from dpdiffusion.data.dataset import Dataset, fingerprint
 from dpdiffusion.dpsgd import secret_random
@@ -30,6 +30,7 @@ from dpdiffusion.dpsgd.per_example import PerExampleLoss
 from dpdiffusion.dpsgd.step import StepReport
 from dpdiffusion.io import atomic_write, json_safe, write_json_atomic
 from dpdiffusion.loop import TrainingLoop
+from dpdiffusion.model_card import model_card
 from dpdiffusion.privacy.composition import ComposedPlan
 from dpdiffusion.privacy.ledger import LedgerMismatchError, PrivacyLedger, written_with
 from dpdiffusion.privacy.plan import PrivacyPlan
@@ -85,6 +86,7 @@ class Trainer(TrainingLoop):
         ``config`` does not describe; ``world``: this process's rank among the job's; ``size_declared``: the
         plan's N is a public size declared for the private dataset (the report says which N it is)."""
         self.run = RunFolder(run_dir)
+        monitoring.require(training)  # a missing optional package is refused before anything is trained
         super().__init__(model, loss, total_steps=plan.steps, ema_decay=training.ema_decay,
                          checkpoints=self.run.checkpoints, log=self.run.log, log_every=training.log_every,
                          checkpoint_every=training.checkpoint_every, performance=performance, progress=progress,
@@ -104,6 +106,7 @@ class Trainer(TrainingLoop):
         self.updates = self.mechanism
         self.mechanisms: dict[str, DPMechanism] = {main: self.mechanism}
         self._epsilon_cache: dict[tuple, float] = {}
+        self.monitor = monitoring.for_training(training, self.run.tensorboard, self.config)
 
     @property
     def ledger(self) -> PrivacyLedger:
@@ -181,6 +184,12 @@ class Trainer(TrainingLoop):
     def postfix(self, report: StepReport) -> dict[str, str]:
         return {"eps": f"{self.epsilon_spent():.3g}", **super().postfix(report)}  # the accountant: visible bars only
 
+    def monitored(self, report: StepReport) -> dict[str, float]:
+        """The loop's, the fraction of the batch's per-example gradients clipped (un-noised, like the loss), the
+        realised batch size and the epsilon spent (the accountant's, cached per step count like the bar's)."""
+        return {**super().monitored(report), "train/clipped_fraction": report.clipped / max(report.batch_size, 1),
+                "train/batch_size": float(report.batch_size), "privacy/epsilon": self.epsilon_spent()}
+
     def finish(self) -> None:
         self.release()
 
@@ -256,4 +265,6 @@ class Trainer(TrainingLoop):
         with atomic_write(self.run.model_weights) as f:
             f.write(save_tensors({k: v.contiguous().cpu() for k, v in self.ema.model.state_dict().items()}, metadata))
         write_json_atomic(self.run.privacy_report, privacy)
+        with atomic_write(self.run.model_card) as f:
+            f.write(model_card(json_safe(privacy), json_safe(config)).encode())
 

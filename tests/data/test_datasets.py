@@ -9,7 +9,8 @@ from tests.data.fakes import write_png
 
 
 def test_every_name_is_listed_and_an_unknown_one_names_the_setting():
-    assert DATASETS == ("digits", "mnist", "fmnist", "cifar10", "celeba32", "celeba64", "imagenet32", "imagefolder")
+    assert DATASETS == ("digits", "mnist", "fmnist", "cifar10", "celeba32", "celeba64", "imagenet32", "imagefolder",
+                        "csv", "npz", "hf")
     with pytest.raises(ConfigError, match=r"data.name: unknown dataset 'svhn' \(available: digits, mnist"):
         load_dataset(DataConfig(name="svhn"), "train")
 
@@ -79,3 +80,64 @@ def test_more_classes_than_the_model_takes_are_refused_at_load(tmp_path, num_cla
 def test_a_negative_label_is_refused():
     with pytest.raises(ConfigError, match="negative"):
         check_labels_fit(torch.tensor([0, -1, 3]), 10)
+
+
+def test_own_sources_load_alike_and_carry_their_layouts_class_names(tmp_path):
+    import numpy as np
+
+    from dpdiffusion.data.labels import FROM_CSV, FROM_FOLDERS
+
+    for name, value in (("ant", 40), ("cat", 200)):
+        write_png(tmp_path / "folder" / name / "x.png", (8, 8), value, mode="L")
+    (tmp_path / "list.csv").write_text("path,label\nfolder/ant/x.png,ant\nfolder/cat/x.png,cat\n")
+    np.savez(tmp_path / "arrays.npz", images=np.array([[[40] * 8] * 8, [[200] * 8] * 8], dtype=np.uint8),
+             labels=np.array([0, 1]))
+    loaded = {name: load_dataset(DataConfig(name=name, path=str(tmp_path / file), resolution=4, channels=1), "train")
+              for name, file in (("imagefolder", "folder"), ("csv", "list.csv"), ("npz", "arrays.npz"))}
+    for name, dataset in loaded.items():
+        assert dataset.source == name
+        assert torch.equal(dataset.x, loaded["imagefolder"].x) and torch.equal(dataset.y, loaded["imagefolder"].y)
+    assert loaded["imagefolder"].class_names.names == ("ant", "cat") and loaded["imagefolder"].class_names.source == FROM_FOLDERS
+    assert loaded["csv"].class_names.source == FROM_CSV and loaded["npz"].class_names is None
+
+
+def test_arrays_are_recorded_as_arrays_or_the_declared_name_never_as_a_loader_they_did_not_come_from():
+    from dpdiffusion.data.dataset import ArrayDataset
+    from dpdiffusion.data.datasets import recorded_class_names, recorded_name
+    from dpdiffusion.data.labels import DECLARED
+
+    arrays = ArrayDataset(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
+    assert recorded_name(DataConfig(), arrays) == "arrays"  # the default data.name, digits, did not load them
+    assert recorded_name(DataConfig(name="mnist"), arrays) == "arrays"
+    assert recorded_name(DataConfig(name="xrays"), arrays) == "xrays"  # a name the user declared
+    assert recorded_name(DataConfig(), load_dataset(DataConfig(), "test")) == "digits"
+    declared = recorded_class_names(DataConfig(class_names=("a", "b")), arrays)
+    assert declared.names == ("a", "b") and declared.source == DECLARED and recorded_class_names(DataConfig(), arrays) is None
+    with pytest.raises(ConfigError, match="data.name: 'arrays' records data given as arrays through the Python API"):
+        load_dataset(DataConfig(name="arrays"), "train")
+
+
+def test_a_python_api_run_from_arrays_records_arrays_in_its_release(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from dpdiffusion.data.dataset import ArrayDataset
+    from dpdiffusion.data.transforms import to_model_range
+    from dpdiffusion.methods import METHODS
+    from dpdiffusion.runconfig import load_config
+    from tests.tiny import TINY_RUN, write_config
+
+    config = load_config(write_config(tmp_path, TINY_RUN), ["privacy.batch_size=8", "privacy.steps=1",
+                                                            "training.checkpoint_every=1"])
+    assert config.data.name == "digits"  # the default, which these arrays are not
+    generator = torch.Generator().manual_seed(0)
+    arrays = ArrayDataset(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator),
+                          torch.arange(40) % 10, transform=to_model_range)
+    method = METHODS["dpdm"]
+    method.train(config, arrays, method.plan(config, len(arrays)), tmp_path / "run", progress=False)
+    report = json.loads((tmp_path / "run" / "release" / "privacy.json").read_text())
+    assert report["data"]["private"]["dataset"] == "arrays"
+    with safe_open(str(tmp_path / "run" / "release" / "model.safetensors"), "pt") as f:
+        header = json.loads(f.metadata()["dpdiffusion"])
+    assert header["config"]["data"]["name"] == "arrays" and header["privacy"]["data"]["private"]["dataset"] == "arrays"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpdiffusion.evaluation.classifiers import (CLASSIFIERS, ClassifierSettings, default_classifiers,
-                                                make_classifier, train_and_test)
+from dpdiffusion.evaluation.classifiers import (CLASSIFIERS, ClassifierSettings, default_classifiers, fits,
+                                                make_classifier, min_resolution, train_and_test)
 from dpdiffusion.nets.unet import count_parameters
 
 
@@ -53,3 +53,26 @@ def test_training_on_a_separable_task_scores_well_and_never_looks_at_test_labels
     flipped = train_and_test("logreg", *train, test[0], 1 - test[1], num_classes=2, settings=settings)
     assert flipped["best_epoch"] == result["best_epoch"]  # the epoch is chosen on synthetic data only
     assert flipped["test_accuracy"] == pytest.approx(1 - result["test_accuracy"])
+
+
+def runs_on(name, channels, side):
+    """The slow way: build the classifier on the CPU and run real images through it."""
+    try:
+        return make_classifier(name, channels, side, 10).eval()(torch.rand(2, channels, side, side)).shape == (2, 10)
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # the CNN one side too small
+@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_min_resolution_is_where_the_classifier_starts_to_run(name, channels):
+    side = min_resolution(name, channels)
+    assert runs_on(name, channels, side) and fits(name, channels, side)
+    assert side == 1 or not (runs_on(name, channels, side - 1) or fits(name, channels, side - 1))
+    assert all(fits(name, channels, s) for s in range(side, side + 12))
+
+
+def test_min_resolutions_follow_the_architectures():
+    # DPDM's CNN: unpadded 3x3 convolutions and 2x2 pools, 18 -> 16 -> 8 -> 6 -> 3 -> 1; ResNet-9: three 2x2 pools
+    assert [min_resolution(n) for n in CLASSIFIERS] == [1, 1, 18, 8]

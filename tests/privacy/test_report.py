@@ -60,3 +60,28 @@ def test_a_runs_release_is_the_dataclass_json(tmp_path):
     assert report.to_dict() == written
     assert report.data is not None and report.data.private == DataDescription("digits", 1437)  # the held-out fifth is the test split
     assert report.method == "DPDM" and [s["name"] for s in report.stages] == ["dpsgd"]
+
+
+def test_class_names_and_their_source_read_back_and_stay_in_a_release():
+    described = DataDescription("csv", 10, path="/owner/list.csv", class_names=("ant", "cat"),
+                                class_names_source="from the class names in the CSV's label column")
+    released = described.released(size_declared=True).to_dict()
+    assert released == {"dataset": "csv", "split": "train", "class_names": ["ant", "cat"],
+                        "class_names_source": "from the class names in the CSV's label column"}
+    assert DataDescription.from_dict(json.loads(json.dumps(described.to_dict()))) == described
+
+
+def test_a_release_states_the_folder_names_as_taken_from_the_layout(tmp_path):
+    from tests.data.fakes import write_png
+
+    for label, name in enumerate(("ant", "cat")):
+        for i in range(6):
+            write_png(tmp_path / "images" / name / f"{i}.png", (8, 8), 100 * label + i, mode="L")
+    config = write_config(tmp_path, TINY_RUN.replace("data: {name: digits}", "data: {name: imagefolder, path: "
+                                                     f"'{tmp_path / 'images'}', resolution: 8, channels: 1}}"))
+    run = tmp_path / "run"
+    assert main(["train", config, "--run-dir", str(run), "--set", "privacy.batch_size=2", "--set", "model.num_classes=2"]) == 0
+    private = json.loads((run / "release" / "privacy.json").read_text())["data"]["private"]
+    assert private["dataset"] == "imagefolder" and private["class_names"] == ["ant", "cat"]
+    assert private["class_names_source"] == "from the image folder's sub-folder names (the data's layout, not its content)"
+    assert "path" not in private and str(tmp_path) not in (run / "release" / "privacy.json").read_text()

@@ -76,7 +76,7 @@ class AuditedDataset(ArrayDataset):
     def __init__(self, dataset: ArrayDataset, canaries: Canaries):
         keep = canaries.included
         super().__init__(torch.cat([dataset.x, canaries.images[keep]]), torch.cat([dataset.y, canaries.labels[keep]]),
-                         transform=dataset.transform)
+                         transform=dataset.transform, source=dataset.source, class_names=dataset.class_names)
         self.planned_size, self.canaries_drawn = len(dataset), len(canaries)
 
 

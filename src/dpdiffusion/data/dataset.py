@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from dpdiffusion.data.labels import ClassNames
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -24,12 +26,16 @@ class Dataset(Protocol):
 
 
 class ArrayDataset:
-    """In-memory examples: ``x`` images (any dtype; ``transform`` maps them to the model's input) and ``y``."""
+    """In-memory examples: ``x`` images (any dtype; ``transform`` maps them to the model's input) and ``y``.
+    ``source``: the ``data.name`` it was loaded by (``data.datasets.load_dataset``; None: arrays given directly);
+    ``class_names``: the names its layout gives its classes (a ``data.labels.ClassNames``), if any."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None, *, source: str | None = None,
+                 class_names: ClassNames | None = None):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         self.x, self.y, self.transform = x, y, transform
+        self.source, self.class_names = source, class_names
 
     def __len__(self) -> int:
         return len(self.x)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dpdiffusion.data.download import DatasetFileError
-from dpdiffusion.data.images import IMAGE_SUFFIXES, center_crop, decode, to_array
+from dpdiffusion.data.images import IMAGE_SUFFIXES, MODES, check_image_settings, read_images
 from dpdiffusion.runconfig import ConfigError
 
-MODES = {1: "L", 3: "RGB"}
+__all__ = ["MODES", "class_folders", "folder_class_names", "image_files", "load_image_folder",
+           "load_imagefolder_split"]
 
 
 def class_folders(folder: Path) -> list[Path]:
@@ -26,6 +26,11 @@ def class_folders(folder: Path) -> list[Path]:
     if not classes:
         raise DatasetFileError(f"{folder} has no class sub-folders (expected <folder>/<class>/<image>)")
     return classes
+
+
+def folder_class_names(folder: str | Path) -> list[str]:
+    """The class names of an image folder: its sorted sub-folder names (its layout, not its images)."""
+    return [c.name for c in class_folders(Path(folder).expanduser())]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -41,10 +46,7 @@ def load_image_folder(folder: str | Path, resolution: int, channels: int = 3,
                       class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 [N, C, R, R] and labels int64 [N]. ``class_names`` (those of the training folder) fixes
     the label indices of a test folder, which may lack classes but not add any."""
-    if channels not in MODES:
-        raise ConfigError(f"data.channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}")
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ConfigError(f"data.resolution: expected a positive whole number of pixels, got {resolution!r}")
+    check_image_settings(resolution, channels, "imagefolder")
     folder = Path(folder).expanduser()
     classes = class_folders(folder)
     names = class_names if class_names is not None else [c.name for c in classes]
@@ -53,9 +55,7 @@ def load_image_folder(folder: str | Path, resolution: int, channels: int = 3,
         raise DatasetFileError(f"{folder / unknown[0]} is a class the training folder lacks "
                                f"(training classes: {', '.join(names)})")
     examples = [(path, names.index(c.name)) for c in classes for path in image_files(c)]
-    images = np.empty((len(examples), channels, resolution, resolution), dtype=np.uint8)
-    for i, (path, _) in enumerate(tqdm(examples, desc=f"images in {folder.name}", unit="img", disable=None)):
-        images[i] = to_array(center_crop(decode(path, str(path), MODES[channels])), resolution)
+    images = read_images([(path, str(path)) for path, _ in examples], resolution, channels, f"images in {folder.name}")
     labels = np.array([label for _, label in examples], dtype=np.int64)
     return torch.from_numpy(images), torch.from_numpy(labels)
 
@@ -65,13 +65,11 @@ def load_imagefolder_split(split: str, path: str | None, test_path: str | None, 
     """``split="train"`` reads ``path``; ``split="test"`` reads ``test_path`` with the training classes."""
     if path is None:
         raise ConfigError("data.path: required for imagefolder (a folder with one sub-folder of images per class)")
-    if resolution is None:
-        raise ConfigError("data.resolution: required for imagefolder (every image is cropped and resized to it)")
+    resolution = check_image_settings(resolution, channels, "imagefolder")
     if split == "train":
         return load_image_folder(path, resolution, channels)
     if split == "test":
         if test_path is None:
             raise ConfigError("data.test_path: not set, and imagefolder has a test split only from that folder")
-        train_classes = [c.name for c in class_folders(Path(path).expanduser())]
-        return load_image_folder(test_path, resolution, channels, class_names=train_classes)
+        return load_image_folder(test_path, resolution, channels, class_names=folder_class_names(path))
     raise ValueError(f"imagefolder has splits train and test, not {split!r}")

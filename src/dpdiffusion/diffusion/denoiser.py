@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from torch import nn
+
 from dpdiffusion.diffusion.noise_levels import DDPMTimes, LogNormal, LogUniform, Mixture, TanUniform, VPTimes
 from dpdiffusion.diffusion.preconditioning import PARAMETERISATIONS, Precond
 from dpdiffusion.nets.unet import UNet, UNetConfig
@@ -17,14 +19,24 @@ def _check(diffusion: DiffusionConfig) -> None:
 
 
 def build_denoiser(model: UNetConfig, diffusion: DiffusionConfig, network: dict | None = None) -> Precond:
-    """D(x, sigma, labels): the UNet behind the configured preconditioning, or -- with ``network``, the
+    """D(x, sigma, labels): the UNet (``model.architecture``: ours, or diffusers' ``UNet2DModel``) behind the
+    configured preconditioning, or -- with ``network``, the
     description a release of a fine-tuned diffusers model carries -- that model's architecture."""
     if network is not None:
         from dpdiffusion.nets.diffusers_unet import build_diffusers_denoiser
 
         return build_diffusers_denoiser(network["diffusers"])
     _check(diffusion)
-    return PARAMETERISATIONS[diffusion.parameterisation](UNet(model), sigma_data=diffusion.sigma_data)
+    if model.architecture == "unet2d":
+        from dpdiffusion.nets.diffusers_unet import DiffusersError, build_unet2d
+
+        try:
+            net: nn.Module = build_unet2d(model)
+        except (DiffusersError, ValueError) as error:
+            raise ConfigError(str(error)) from error
+    else:
+        net = UNet(model)
+    return PARAMETERISATIONS[diffusion.parameterisation](net, sigma_data=diffusion.sigma_data)
 
 
 def time_mixture(bands: tuple[int, ...], weights: tuple[float, ...]) -> Mixture:

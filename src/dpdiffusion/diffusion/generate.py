@@ -102,10 +102,9 @@ def generate(
     return pixels.numpy(), labels.to(torch.int64).numpy()
 
 
-def save_grid(images: np.ndarray, path: str | Path, *, columns: int = 10, max_images: int = 100) -> None:
-    """A PNG grid of the first ``max_images`` images (nearest-neighbour upscaled to at least 32 pixels)."""
-    from PIL import Image
-
+def image_grid(images: np.ndarray, *, columns: int = 10, max_images: int = 100) -> np.ndarray:
+    """The first ``max_images`` images [N, H, W, C] as one uint8 grid [rows, columns, C] with a 1-pixel black
+    border around each, nearest-neighbour upscaled to at least 32 pixels per image."""
     images = images[:max_images]
     n, h, w, c = images.shape if len(images) else (0, 8, 8, 1)
     rows = max(1, -(-n // columns))
@@ -114,7 +113,14 @@ def save_grid(images: np.ndarray, path: str | Path, *, columns: int = 10, max_im
         r, col = divmod(i, columns)
         grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, col * (w + 2) + 1 : col * (w + 2) + 1 + w] = image
     scale = max(1, 32 // h)
-    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def save_grid(images: np.ndarray, path: str | Path, *, columns: int = 10, max_images: int = 100) -> None:
+    """A PNG of ``image_grid``."""
+    from PIL import Image
+
+    grid = image_grid(images, columns=columns, max_images=max_images)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)

@@ -9,6 +9,8 @@ These classifiers are evaluation tools that never leave the data owner, so ordin
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +80,29 @@ def make_classifier(name: str, channels: int, resolution: int, num_classes: int)
     if name == "resnet9":
         return _resnet9(channels, num_classes)
     raise ValueError(f"unknown classifier {name!r} (choose from {', '.join(CLASSIFIERS)})")
+
+
+def fits(name: str, channels: int, resolution: int) -> bool:
+    """Whether classifier ``name`` takes images of ``channels`` x ``resolution`` x ``resolution``: the network is
+    built and run on the meta device (shapes only, no memory, no arithmetic), so the answer comes from its layers."""
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
+            model = make_classifier(name, channels, resolution, 2).eval()
+            logits = model(torch.empty(1, channels, resolution, resolution))
+    except (RuntimeError, ValueError):  # a kernel larger than its input, a pooled side of 0, a negative width
+        return False
+    return tuple(logits.shape) == (1, 2)
+
+
+@functools.cache
+def min_resolution(name: str, channels: int = 1, largest: int = 512) -> int:
+    """The smallest image side classifier ``name`` takes (DPDM's CNN: 18, its unpadded convolutions and pools go
+    18, 16, 8, 6, 3, 1; ResNet-9: 8, three 2x2 pools; the others: 1)."""
+    for side in range(1, largest + 1):
+        if fits(name, channels, side):
+            return side
+    raise ValueError(f"classifier {name!r} takes no image side up to {largest}")
 
 
 def _tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:

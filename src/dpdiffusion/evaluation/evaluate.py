@@ -1,5 +1,6 @@
 """``dpdiffusion evaluate``: the metrics of a synthetic set (from a run's released model, or a samples file)
-against a real dataset, written as metrics.json and a report.
+against a real dataset, written as metrics.json and a report. What they need is checked and loaded first
+(``checks.prepare``), so that a missing detector or dataset fails before any sampling.
 
 Everything here runs on the data owner's side: FID against the training split and the ceiling classifier are
 computed from private data without noise, and the report says so."""
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dpdiffusion.evaluation.classifiers import ClassifierSettings, default_classifiers, train_and_test
+from dpdiffusion.evaluation.checks import METRICS, Prepared, prepare, real_images
+from dpdiffusion.evaluation.classifiers import ClassifierSettings, train_and_test
 from dpdiffusion.evaluation.fid import Statistics, frechet_distance, reference_path, reference_subset
+from dpdiffusion.evaluation.kid import SUBSET_SIZE, SUBSETS, kernel_inception_distance
 from dpdiffusion.evaluation.precision_recall import precision_recall
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig
 
-METRICS = ("fid", "pr", "acc")
+__all__ = ["METRICS", "EvaluationSettings", "evaluate", "load_samples", "read_log", "real_images", "reference_features"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,11 @@ class EvaluationSettings:
     seed: int = 0
     ref_split: str = "train"  # FID / precision-recall reference split
     ref_num: int | None = None  # reference images: None = the whole split
-    fid_num: int | None = None  # synthetic images for FID and precision/recall: None = all of them
+    fid_num: int | None = None  # synthetic images for FID, KID and precision/recall: None = all
     pr_k: int = 3
     pr_num: int = 10000  # at most this many images on each side for precision/recall (k-NN is quadratic)
+    kid_subsets: int = SUBSETS  # KID: the mean and std of the unbiased MMD^2 over this many pairs of subsets
+    kid_subset_size: int = SUBSET_SIZE  # of min(this, synthetic, reference) images each
     classifiers: tuple[str, ...] | None = None  # None: default_classifiers(channels)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     ceiling: bool = True  # also train each classifier on the real training split
@@ -58,19 +63,14 @@ def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-def real_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from dpdiffusion.data.datasets import load_dataset
-
-    dataset = load_dataset(data, split)
-    return dataset.x.permute(0, 2, 3, 1).contiguous().numpy(), dataset.y.numpy()
-
-
-def reference_features(data: DataConfig, settings: EvaluationSettings, detector) -> tuple[np.ndarray, dict]:
-    """Inception features of the reference images, cached in ``settings.cache`` per (dataset settings, split,
-    resolution, count, detector file); the info names the cache."""
+def reference_features(data: DataConfig, settings: EvaluationSettings, detector,
+                       images: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Inception features of the reference images (``images``: the split, already loaded), cached in
+    ``settings.cache`` per (dataset settings, split, resolution, count, detector file); the info names the cache."""
     from dpdiffusion.evaluation.inception import detector_path
 
-    images, _ = real_images(data, settings.ref_split)
+    if images is None:
+        images, _ = real_images(data, settings.ref_split)
     subset = reference_subset(len(images), settings.ref_num)
     detector_file = detector_path(settings.inception)
     source = json.dumps([dataclasses.asdict(data), str(detector_file.resolve()), detector_file.stat().st_size])
@@ -113,22 +113,28 @@ def _chunked_features(images: np.ndarray, detector, path: Path, progress: bool, 
 
 
 def evaluate(images: np.ndarray, labels: np.ndarray, data: DataConfig, settings: EvaluationSettings,
-             num_classes: int) -> dict:
-    """The chosen metrics of ``images`` against ``data``; unknown metrics are a ConfigError."""
-    unknown = [m for m in settings.metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"--metrics: unknown {', '.join(unknown)} (choose from {', '.join(METRICS)})")
+             num_classes: int, prepared: Prepared | None = None) -> dict:
+    """The chosen metrics of ``images`` against ``data``, from what ``checks.prepare`` checked and loaded (done
+    here when not given); unknown metrics are a ConfigError."""
+    if prepared is None:
+        prepared = prepare(data, settings, shape=images.shape[1:], synthetic=len(images), labelled=bool((labels >= 0).all()))
     results: dict = {"synthetic": {"images": len(images), "shape": list(images.shape[1:])}}
-    if {"fid", "pr"} & set(settings.metrics):
-        from dpdiffusion.evaluation.inception import inception_features, load_detector
+    if prepared.detector is not None:
+        from dpdiffusion.evaluation.inception import inception_features
 
-        detector = load_detector(settings.inception)
-        real, reference = reference_features(data, settings, detector)
+        reference_images = prepared.reference[0] if prepared.reference is not None else None
+        real, reference = reference_features(data, settings, prepared.detector, reference_images)
         scored = images[: settings.fid_num] if settings.fid_num else images
-        fake = inception_features(scored, detector, progress=settings.progress, desc="synthetic")
+        fake = inception_features(scored, prepared.detector, progress=settings.progress, desc="synthetic")
         fake = fake.astype(np.float32).astype(np.float64)  # rounded like the cached reference features
         if "fid" in settings.metrics:
             results["fid"] = {"value": frechet_distance(Statistics.of(fake), Statistics.of(real)),
+                              "reference": reference, "synthetic_images": len(scored)}
+            if prepared.fid_caution:
+                results["fid"]["caution"] = prepared.fid_caution
+        if "kid" in settings.metrics:  # the same features: no second pass of the detector
+            results["kid"] = {**kernel_inception_distance(fake, real, subsets=settings.kid_subsets,
+                                                          subset_size=settings.kid_subset_size, seed=settings.seed),
                               "reference": reference, "synthetic_images": len(scored)}
         if "pr" in settings.metrics:
             rng = np.random.default_rng(settings.seed)
@@ -137,25 +143,25 @@ def evaluate(images: np.ndarray, labels: np.ndarray, data: DataConfig, settings:
                                            "real_images": min(len(real), settings.pr_num),
                                            "synthetic_images": min(len(fake), settings.pr_num)}
     if "acc" in settings.metrics:
-        results["downstream"] = downstream(images, labels, data, settings, num_classes)
+        results["downstream"] = downstream(images, labels, data, settings, num_classes, prepared)
     return results
 
 
 def downstream(images: np.ndarray, labels: np.ndarray, data: DataConfig, settings: EvaluationSettings,
-               num_classes: int) -> dict:
+               num_classes: int, prepared: Prepared) -> dict:
     if (labels < 0).any():
         return {"skipped": "the synthetic images have no class labels (an unconditional model)"}
-    test_images, test_labels = real_images(data, "test")
+    if prepared.test is None:
+        return {"skipped": "no downstream classifier takes images of this size", "left_out": dict(prepared.dropped)}
+    test_images, test_labels = prepared.test
     num_classes = max(num_classes, int(test_labels.max()) + 1)
     if (labels >= num_classes).any():
         raise ConfigError(f"synthetic labels must lie in [0, {num_classes}) for {data.name}")
-    if test_images.shape[1:] != images.shape[1:]:
-        raise ConfigError(f"synthetic images are {images.shape[1:]} but {data.name} test images are "
-                          f"{test_images.shape[1:]}: give the matching dataset resolution")
-    names = settings.classifiers or default_classifiers(images.shape[-1])
     out: dict = {"test_split": f"{data.name} test", "test_images": len(test_images), "classifiers": {}}
-    train = real_images(data, "train") if settings.ceiling else None
-    for name in names:
+    if prepared.dropped:
+        out["left_out"] = dict(prepared.dropped)
+    train = prepared.train
+    for name in prepared.classifiers:
         entry = {"synthetic": train_and_test(name, images, labels, test_images, test_labels, num_classes=num_classes,
                                              settings=settings.classifier, progress=settings.progress)}
         if train is not None:

@@ -68,8 +68,18 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
         ref = metrics["fid"]["reference"]
         rows.append(("FID", f"{metrics['fid']['value']:.2f} ({metrics['fid']['synthetic_images']} synthetic vs "
                             f"{ref['images']} of {ref['of']} {ref['dataset']} {ref['split']} images, {ref['resolution']}px)"))
-        if "cache" in ref:
+        if "caution" in metrics["fid"]:
+            rows.append(("FID caution", metrics["fid"]["caution"]))
+    if "kid" in metrics:
+        kid, ref = metrics["kid"], metrics["kid"]["reference"]
+        rows.append(("KID (unbiased, cubic kernel)", f"{kid['value']:.5f} +- {kid['std']:.5f} over {kid['subsets']} "
+                     f"subsets of {kid['subset_size']} ({kid['synthetic_images']} synthetic vs {ref['images']} "
+                     f"{ref['dataset']} {ref['split']} images)"))
+    for key in ("fid", "kid"):
+        if key in metrics and "cache" in metrics[key]["reference"]:
+            ref = metrics[key]["reference"]
             rows.append(("reference features cached in", f"{ref['cache']} (remove with `dpdiffusion clear-cache`)"))
+            break
     if "precision_recall" in metrics:
         pr = metrics["precision_recall"]
         rows.append((f"precision / recall (Inception features, k = {pr['k']})", f"{pr['precision']:.3f} / {pr['recall']:.3f} "
@@ -77,6 +87,8 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
     downstream = metrics.get("downstream", {})
     if "skipped" in downstream:
         rows.append(("downstream accuracy", downstream["skipped"]))
+    for name, why in downstream.get("left_out", {}).items():
+        rows.append((f"accuracy, {name}", why))
     for name, entry in downstream.get("classifiers", {}).items():
         syn = entry["synthetic"]
         text = (f"{syn['test_accuracy']:.2%} on {downstream['test_split']} ({syn['train_images']} synthetic training "

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dpdiffusion.data.dataset import Dataset, planned_size, with_declared_size
+from dpdiffusion.data.datasets import named_config
 from dpdiffusion.diffusion.augment import Augment
 from dpdiffusion.diffusion.denoiser import build_denoiser, training_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
@@ -138,7 +139,7 @@ def describe(config: RunConfig, dataset: Dataset, run_plan: RunPlan) -> dict[str
     return {"config": config.to_dict(), "method": config.method,
             "model": {"parameters": count_parameters(model), "parameterisation": config.diffusion.parameterisation},
             "dataset": {"name": config.data.name, "split": "train", "size": size},
-            "stages": {"public": public, "private": describe_data(config.data, size).to_dict(), "start": start,
+            "stages": {"public": public, "private": describe_data(config.data, size, dataset).to_dict(), "start": start,
                        "trainable_parameters": apply_freezing(model, config)},
             "privacy": run_plan.to_dict()}
 
@@ -151,6 +152,7 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     cleanly (a folder that already holds another run is refused first)."""
     if isinstance(run_plan, PrivacyPlan):  # one DP-SGD stage with this plan (e.g. DP-SAD's teacher)
         run_plan = RunPlan.single(MAIN, run_plan)
+    config = named_config(config, dataset)  # arrays given through the Python API: never recorded as data.name's
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
     torch.manual_seed(config.training.seed)
@@ -170,7 +172,7 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     apply_freezing(start, config)
     model, loss = build(config, start)
     declared = config.privacy.public_dataset_size
-    private = describe_data(config.data, planned_size(dataset)).released(size_declared=declared is not None)
+    private = describe_data(config.data, planned_size(dataset), dataset).released(size_declared=declared is not None)
     dataset = with_declared_size(dataset, declared)  # the plan is for N^; Poisson sampling runs over every example
     drawn = getattr(dataset, "canaries_drawn", 0)  # how many canaries were drawn is public; which went in is not
     canaries = {"drawn": drawn, "note": "random binary images added with probability 1/2 each (audit)"} if drawn else None

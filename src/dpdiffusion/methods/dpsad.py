@@ -30,6 +30,7 @@ from torch.func import functional_call
 from dpdiffusion import distributed
 from dpdiffusion.data.dataset import Dataset, with_declared_size
 from dpdiffusion.data.dataset import planned_size as planned_size_of  # runconfig.planned_size: of a plan
+from dpdiffusion.data.datasets import named_config
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.noise_levels import KarrasLevels
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -278,7 +279,7 @@ def build_teacher(config: RunConfig, dataset: Dataset, plan: ComposedPlan, run_d
             ema_decay=d.teacher_ema_decay))
         made = distributed.made_once(weights, lambda: pretrain(
             build_denoiser(config.model, config.diffusion), plain, dataset, weights,
-            trained_on={"private_without_privacy": describe_data(config.data, len(dataset)).to_dict()},
+            trained_on={"private_without_privacy": describe_data(config.data, len(dataset), dataset).to_dict()},
             progress=progress, desc="teacher (no privacy)", stage=stage), distributed.current())
         if not made and distributed.current().is_main:
             records.finished(stage, weights)
@@ -354,13 +355,15 @@ def train(config: RunConfig, dataset: Dataset, plan: ComposedPlan | RunPlan, run
     if isinstance(plan, RunPlan):
         plan = plan.composed
     torch.manual_seed(config.training.seed)
+    config = named_config(config, dataset)  # arrays given through the Python API: never recorded as data.name's
     dataset = with_declared_size(dataset, config.privacy.public_dataset_size)  # Poisson sampling over every example
     teacher, teacher_info = build_teacher(config, dataset, plan, run_dir, resume=resume,
                                           allow_non_private_teacher=allow_non_private, progress=progress)
     student = build_denoiser(student_model(config), config.diffusion)
     public = teacher_info.get("public")
     declared = config.privacy.public_dataset_size is not None
-    provenance = Provenance(private=describe_data(config.data, planned_size_of(dataset)).released(size_declared=declared),
+    provenance = Provenance(private=describe_data(config.data, planned_size_of(dataset), dataset).released(
+                                size_declared=declared),
                             public=DataDescription.from_dict(public) if public else None,
                             start={"kind": "random initialisation"})
     stages = [teacher_stage(config, plan), Stage("student", "private", plan.plan("student")),

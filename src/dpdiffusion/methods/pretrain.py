@@ -21,7 +21,7 @@ from safetensors.torch import save as save_tensors
 from dpdiffusion import distributed
 from dpdiffusion.config import Performance
 from dpdiffusion.data.dataset import ArrayDataset, Batch, Dataset, shared_images
-from dpdiffusion.data.datasets import check_fits_model, load_dataset, load_images, subset_range
+from dpdiffusion.data.datasets import LOCATED, check_fits_model, load_dataset, load_images, subset_range
 from dpdiffusion.diffusion.augment import Augment
 from dpdiffusion.diffusion.denoiser import default_levels
 from dpdiffusion.diffusion.loss import DenoisingLoss
@@ -119,7 +119,7 @@ def pretrain(model: Precond, config: RunConfig, public: Dataset, out: Path, *, t
 def split_by_position(public: DataConfig, private: DataConfig) -> bool:
     """One canonical dataset cut into disjoint ranges of its training split (``subset``), by position. Raises
     when the ranges overlap."""
-    if public.name != private.name or public.name == "imagefolder" or public.resolution != private.resolution:
+    if public.name != private.name or public.name in LOCATED or public.resolution != private.resolution:
         return False
     size = len(load_images(dataclasses.replace(private, subset=None), "train")[1])
     overlap = set(subset_range(public.subset or ":", size)) & set(subset_range(private.subset or ":", size))

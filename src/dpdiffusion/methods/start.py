@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from dpdiffusion import distributed
 from dpdiffusion.data.dataset import ArrayDataset
-from dpdiffusion.data.datasets import load_images, subset_range
+from dpdiffusion.data.datasets import LOCATED, load_images, recorded_class_names, recorded_name, subset_range
 from dpdiffusion.diffusion.denoiser import build_denoiser
 from dpdiffusion.diffusion.generate import load_model_file
 from dpdiffusion.diffusion.preconditioning import Precond
@@ -63,11 +63,14 @@ class Start:
         return described
 
 
-def describe_data(data: DataConfig, size: int) -> DataDescription:
-    """The training split of ``data`` as the data owner names it (an image folder by its path); a release names it
-    by ``DataDescription.released``."""
-    return DataDescription(dataset=data.name, size=size, subset=data.subset,
-                           path=data.path if data.name == "imagefolder" else None, resolution=data.resolution)
+def describe_data(data: DataConfig, size: int, dataset: Any = None) -> DataDescription:
+    """The training split of ``data`` as the data owner names it (the user's own images by their path); a release
+    names it by ``DataDescription.released``. ``dataset``: the loaded data, which say what loaded them (arrays given
+    through the Python API are not recorded as ``data.name``'s dataset) and their layout's class names."""
+    names = recorded_class_names(data, dataset)
+    return DataDescription(dataset=recorded_name(data, dataset), size=size, subset=data.subset,
+                           path=data.path if data.name in LOCATED else None, resolution=data.resolution,
+                           class_names=names.names if names else None, class_names_source=names.source if names else None)
 
 
 def owner_located(weights: Path) -> dict[str, Any]:
@@ -99,10 +102,10 @@ def release_parts(privacy: PrivacyReport, *, delta: float, accountant: str) -> t
 
 def evidently_same_data(trained_on: dict[str, Any] | None, data: DataConfig) -> bool:
     """Whether a start's private data, as its report describes it, is (some of) this run's: the same canonical
-    dataset with overlapping ranges, or the same image folder."""
+    dataset with overlapping ranges, or the same files of the user's own images."""
     if not trained_on or trained_on.get("dataset") != data.name:
         return False
-    if data.name == "imagefolder":  # a release alone does not say which folder (withheld): the owner's config does
+    if data.name in LOCATED:  # a release alone does not say which files (withheld): the owner's config does
         theirs = trained_on.get("path")
         return theirs is not None and Path(str(theirs)).expanduser().resolve() == Path(str(data.path)).expanduser().resolve()
     theirs, ours = trained_on.get("subset"), data.subset
@@ -233,7 +236,7 @@ def start_model(config: RunConfig, run_dir: str | Path, *, delta: float, resume:
     if config.pretrain.data is None:
         return model, None, None, Start(kind="random initialisation", seed=config.training.seed)
     public = load_public(config, private)
-    described = describe_data(config.pretrain.data, len(public))
+    described = describe_data(config.pretrain.data, len(public), public)
     if run.public_model.is_file() and not resume:
         raise FileExistsError(f"{run.root} already holds a run; resume it with --resume or pick another folder")
     stage, records, world = public_stage(config), StageRecords(run), distributed.current()

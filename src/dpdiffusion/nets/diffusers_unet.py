@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dpdiffusion.diffusion.preconditioning import Coefficients, Precond
+from dpdiffusion.nets.unet import UNetConfig, _num_groups
 
 DIFFUSERS_HINT = "install the optional extra: pip install 'dpdiffusion[diffusers]'"
 
@@ -52,8 +53,48 @@ class DiffusersNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         class_labels = labels if self.conditional else None
+        if self.conditional and class_labels is None:  # our convention: the last class embedding is "no label"
+            class_labels = torch.full((x.shape[0],), self.unet.config.num_class_embeds - 1, device=x.device)
         out = self.unet(x, c_noise, class_labels=class_labels, return_dict=False)[0]
         return out[:, : self.in_channels]
+
+
+def unet2d_config(model: UNetConfig) -> dict[str, Any]:
+    """diffusers' ``UNet2DModel`` arguments for our architecture fields (``model.architecture: unet2d``): one level
+    per ``channel_mult`` entry with ``model_channels * mult`` channels and ``num_blocks`` residual blocks (the
+    decoder ``num_blocks + 1``), self-attention at ``attn_resolutions`` and in the middle, GroupNorm with the
+    groups of the first level at every layer, our sinusoidal noise embedding (cos first, frequencies 1 down to
+    1 / max_positions), class embeddings ``num_classes + 1`` (the last is "no label", classifier-free guidance).
+    The rest is diffusers' own (DDPM's layout: strided-conv down-sampling, nearest + conv up-sampling)."""
+    levels = range(len(model.channel_mult))
+    channels = [model.model_channels * mult for mult in model.channel_mult]
+    attention = [(model.img_resolution >> level) in model.attn_resolutions for level in levels]
+    widths = {channels[level] for level in levels if attention[level]} | {channels[-1]}  # the middle attends too
+    head_dims = {width // model.attn_heads for width in widths}
+    if len(head_dims) > 1:
+        raise ValueError(f"model.architecture unet2d has one attention head size: attention at {sorted(widths)} "
+                         f"channels with {model.attn_heads} head(s) gives sizes {sorted(head_dims)}; attend at "
+                         "resolutions of one width (model.attn_resolutions)")
+    if model.embedding_channels_mult != 4:
+        raise ValueError("model.architecture unet2d has an embedding 4 times model_channels wide: set "
+                         "model.embedding_channels_mult to 4")
+    return {
+        "sample_size": model.img_resolution, "in_channels": model.in_channels, "out_channels": model.out_channels,
+        "time_embedding_type": "positional", "flip_sin_to_cos": True, "freq_shift": 1,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+        "block_out_channels": channels, "layers_per_block": model.num_blocks, "dropout": model.dropout,
+        "attention_head_dim": head_dims.pop(), "norm_num_groups": _num_groups(model.model_channels),
+        "norm_eps": 1e-6, "num_class_embeds": model.num_classes + 1 if model.num_classes else None,
+    }
+
+
+def build_unet2d(model: UNetConfig) -> DiffusersNet:
+    """F_x(x, c_noise, labels) as a freshly initialised diffusers ``UNet2DModel`` (``unet2d_config``)."""
+    if model.max_positions != 10000:
+        raise ValueError("model.architecture unet2d embeds noise with periods up to 10000: set model.max_positions "
+                         "to 10000")
+    return DiffusersNet(_unet_class()(**unet2d_config(model)))
 
 
 class DDPMPrecond(Precond):

@@ -57,6 +57,9 @@ class UNetConfig:
     embedding_channels_mult: int = 4  # embedding width = model_channels * embedding_channels_mult
     attn_heads: int = 1
     max_positions: int = 10000  # longest period of the sinusoidal noise embedding
+    # ddpmpp: this module's UNet (EDM's DDPM++); unet2d: diffusers' UNet2DModel built from the same fields
+    # (nets.diffusers_unet.unet2d_config), which `dpdiffusion export --format diffusers` can hand to diffusers
+    architecture: Literal["ddpmpp", "unet2d"] = "ddpmpp"
 
     def __post_init__(self) -> None:
         # lists (e.g. from YAML) are accepted and stored as tuples, keeping the config hashable
@@ -98,6 +101,8 @@ class UNetConfig:
                                  f"resolution {self.img_resolution >> level}")
         if self.model_channels % 2:
             raise ValueError(f"model_channels must be even (sin/cos pairs), got {self.model_channels}")
+        if self.architecture not in ("ddpmpp", "unet2d"):
+            raise ValueError(f"architecture must be ddpmpp or unet2d, got {self.architecture!r}")
 
     @property
     def embedding_channels(self) -> int:

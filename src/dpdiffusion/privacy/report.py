@@ -26,8 +26,10 @@ def _number(value: Any) -> float:
 
 @dataclass(frozen=True)
 class DataDescription:
-    """One dataset as a report names it: a canonical dataset (and its range) or an image folder. ``size`` is
-    None where it is withheld (a declared public size stands for it); ``path`` only in the owner's files."""
+    """One dataset as a report names it: a canonical dataset (and its range) or the user's own images. ``size`` is
+    None where it is withheld (a declared public size stands for it); ``path`` only in the owner's files.
+    ``class_names``: the names of label indices 0, 1, ..., with ``class_names_source`` saying where they came from
+    (declared by the data owner, or taken from the data's layout -- never from its content)."""
 
     dataset: str
     size: int | None = None
@@ -35,9 +37,14 @@ class DataDescription:
     subset: str | None = None
     path: str | None = None
     resolution: int | None = None
+    class_names: tuple[str, ...] | None = None
+    class_names_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        described = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.class_names is not None:
+            described["class_names"] = list(self.class_names)
+        return described
 
     def released(self, *, size_declared: bool) -> DataDescription:
         """The private data as a release may name it: never the path of its files; with a declared public size,
@@ -49,7 +56,10 @@ class DataDescription:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataDescription:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        described = {k: v for k, v in d.items() if k in known}
+        if described.get("class_names") is not None:
+            described["class_names"] = tuple(described["class_names"])
+        return cls(**described)
 
 
 @dataclass(frozen=True)
