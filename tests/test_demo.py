@@ -17,7 +17,8 @@ def test_demo_runs_every_stage_end_to_end_and_keeps_the_diagnostic_with_the_owne
     assert [s["name"] for s in report["stages"]] == ["central images", "warm-up training", "dpsgd"]
     assert f"epsilon {report['spent']['epsilon']:.3g}" in out
     released = sorted(p.name for p in (run / "release").iterdir())
-    assert released == ["central_images.safetensors", "model.safetensors", "privacy.json", "samples.npz", "samples.png"]
+    assert released == ["README.md", "central_images.safetensors", "model.safetensors", "privacy.json", "samples.npz",
+                        "samples.png"]  # README.md: the model card
     evaluation = json.loads((run / "owner/evaluation.json").read_text())
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["real_test_images"] == 360
     assert "accuracy" not in (run / "release/privacy.json").read_text()

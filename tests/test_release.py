@@ -111,7 +111,7 @@ def test_with_a_declared_size_no_file_of_the_release_carries_the_true_n(tmp_path
     assert main(["train", write_config(tmp_path, TINY_DEFAULT_DELTA), "--run-dir", str(run),
                  "--set", "privacy.public_dataset_size=1500"]) == 0
     files = released_bytes(run)
-    assert set(files) == {"release/model.safetensors", "release/privacy.json"}
+    assert set(files) == {"release/README.md", "release/model.safetensors", "release/privacy.json"}
     traces = [as_number(N), re.compile(re.escape(repr(64 / N).encode())), re.compile(re.escape(repr(1 / (10 * N)).encode()))]
     for name, data in files.items():
         for trace in traces:
@@ -223,3 +223,12 @@ def test_a_start_trained_without_privacy_is_named_in_the_release_without_its_pat
     config = load_config(write_config(tmp_path, TINY_RUN), ["privacy.public_dataset_size=1500"])
     named = read_start(config, meta, weights, delta=1e-5).to_dict()["trained_on"]["private_without_privacy"]
     assert named == {"dataset": "imagefolder", "split": "train"}
+
+
+def test_png_samples_are_foldered_by_the_class_names_the_report_took_from_the_layout(folder_run, tmp_path):
+    run, _, _ = folder_run
+    private = json.loads((run / "release/privacy.json").read_text())["data"]["private"]
+    assert private["class_names"] == [f"c{i}" for i in range(10)] and "folder names" in private["class_names_source"]
+    for source, out in ((run, tmp_path / "a"), (run / "release/model.safetensors", tmp_path / "b")):
+        assert main(["sample", str(source), "--num", "12", "--format", "png", "--out", str(out)]) == 0
+        assert {p.name for p in out.iterdir()} <= set(private["class_names"]) and len(list(out.rglob("*.png"))) == 12

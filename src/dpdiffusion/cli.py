@@ -262,7 +262,14 @@ def run_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output(out, args.format)
     source = Path(args.run_dir)
-    model, config, _ = load_model_file(source) if source.is_file() else load_release(source)
+    if source.is_file():
+        model, config, meta = load_model_file(source)
+        private = ((meta.get("privacy") or {}).get("data") or {}).get("private") or {}
+        layout_names = tuple(private.get("class_names") or ())
+    else:
+        model, config, report = load_release(source)
+        described = report.data.private if report is not None and report.data is not None else None
+        layout_names = tuple(described.class_names or ()) if described is not None else ()
     overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     sampling = dataclasses.replace(config.sampling, **overrides)
     if sampling.sampler == "churn" and sampling.S_churn == 0:
@@ -276,7 +283,7 @@ def run_sample(args: argparse.Namespace) -> int:
     images, drawn = generate(model, config, num=args.num, sampling=sampling, labels=labels, seed=args.seed,
                              batch_size=args.batch_size, progress=True)
     if args.format == "png":
-        names = getattr(config.data, "class_names", None) or ()  # recorded by newer runs
+        names = config.data.class_names or layout_names  # declared, else as the report took them from the layout
         write_png_folder(out, images, drawn, num_classes=config.model.num_classes, class_names=names)
         print(f"wrote {len(images)} images to {out}/ as PNG files")
     else:

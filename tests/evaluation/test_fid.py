@@ -54,6 +54,7 @@ INCEPTION = os.environ.get("DPDIFFUSION_INCEPTION")
 DATA = os.environ.get("DPDIFFUSION_DATA_DIR")
 
 
+@pytest.mark.slow  # 80 s on 2 cores; the evaluate tests run the same detector on every default run
 @pytest.mark.skipif(not (INCEPTION and Path(INCEPTION).is_file() and DATA and (Path(DATA) / "mnist").is_dir()),
                     reason="needs the Inception detector and MNIST (DPDIFFUSION_INCEPTION, DPDIFFUSION_DATA_DIR)")
 def test_fid_on_mnist_is_small_between_halves_and_large_against_noise_and_blur():

@@ -80,12 +80,13 @@ class KnownSize:
 
 
 def planned_without_files(data: DataConfig, model: UNetConfig) -> KnownSize | None:
-    """For a dry-run: None when ``data`` is on disk or not in the table (load it), else its training split by the
-    published size (``data.subset`` applied), checked against the model as loaded data would be."""
-    files = needed_files(data)
-    missing = next((f for f in files or () if not f.exists()), None)
-    if missing is None:
+    """For a dry-run: None when any of ``data``'s files is on disk or it is not in the table (load it: a damaged or
+    incomplete copy is then named), else its training split by the published size (``data.subset`` applied),
+    checked against the model as loaded data would be."""
+    files = needed_files(data) or []
+    if not files or any(f.exists() for f in files):
         return None
+    missing = files[0]
     known = KNOWN[data.name]
     size = len(subset_range(data.subset, known.sizes["train"])) if data.subset is not None else known.sizes["train"]
     channels, height, _ = known.shape
