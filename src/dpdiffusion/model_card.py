@@ -27,8 +27,9 @@ def _front_matter(privacy: Mapping[str, Any], config: Mapping[str, Any], *, libr
     model = config.get("model") or {}
     conditional = bool(model.get("num_classes"))
     tags = ["differential-privacy", "dp-sgd", "diffusion", "synthetic-data", "dpdiffusion"]
-    if privacy.get("data", {}) and (privacy.get("data") or {}).get("private", {}).get("dataset"):
-        tags.append(str(privacy["data"]["private"]["dataset"]))
+    dataset = ((privacy.get("data") or {}).get("private") or {}).get("dataset")
+    if dataset:
+        tags.append(str(dataset))
     lines = ["---", f"library_name: {library}", f"license: {license}", "tags:"]
     lines += [f"- {tag}" for tag in tags]
     lines.append("pipeline_tag: unconditional-image-generation")
