@@ -15,7 +15,7 @@ import torch
 from dpdiffusion.data.download import DatasetFileError
 from dpdiffusion.data.images import check_image_settings, read_images
 from dpdiffusion.data.labels import FROM_CSV, ClassNames, index_labels
-from dpdiffusion.runconfig import ConfigError
+from dpdiffusion.data.splits import split_file
 
 COLUMNS = ("path", "label")
 
@@ -78,15 +78,10 @@ def load_csv(path: str | Path, resolution: int, channels: int = 3, known: tuple[
 def load_csv_split(split: str, path: str | None, test_path: str | None, resolution: int | None,
                    channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, ClassNames | None]:
     """``split="train"`` reads ``path``; ``split="test"`` reads ``test_path`` with the training class names."""
-    if path is None:
-        raise ConfigError("data.path: required for csv (a CSV file of path,label rows)")
+    file = split_file("csv", split, path, test_path, "a CSV file of path,label rows", "file")
     resolution = check_image_settings(resolution, channels, "csv")
     if split == "train":
-        return load_csv(path, resolution, channels)
-    if split == "test":
-        if test_path is None:
-            raise ConfigError("data.test_path: not set, and csv has a test split only from that file")
-        names = csv_labels(path)[1]
-        images, labels, _ = load_csv(test_path, resolution, channels, names.names if names else None)
-        return images, labels, names
-    raise ValueError(f"csv has splits train and test, not {split!r}")
+        return load_csv(file, resolution, channels)
+    names = csv_labels(str(path))[1]  # the test split takes the training split's class names
+    images, labels, _ = load_csv(file, resolution, channels, names.names if names else None)
+    return images, labels, names

@@ -12,7 +12,7 @@ import torch
 
 from dpdiffusion.data.download import DatasetFileError
 from dpdiffusion.data.images import IMAGE_SUFFIXES, MODES, check_image_settings, read_images
-from dpdiffusion.runconfig import ConfigError
+from dpdiffusion.data.splits import split_file
 
 __all__ = ["MODES", "class_folders", "folder_class_names", "image_files", "load_image_folder",
            "load_imagefolder_split"]
@@ -63,13 +63,9 @@ def load_image_folder(folder: str | Path, resolution: int, channels: int = 3,
 def load_imagefolder_split(split: str, path: str | None, test_path: str | None, resolution: int | None,
                            channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """``split="train"`` reads ``path``; ``split="test"`` reads ``test_path`` with the training classes."""
-    if path is None:
-        raise ConfigError("data.path: required for imagefolder (a folder with one sub-folder of images per class)")
+    folder = split_file("imagefolder", split, path, test_path,
+                        "a folder with one sub-folder of images per class", "folder")
     resolution = check_image_settings(resolution, channels, "imagefolder")
     if split == "train":
-        return load_image_folder(path, resolution, channels)
-    if split == "test":
-        if test_path is None:
-            raise ConfigError("data.test_path: not set, and imagefolder has a test split only from that folder")
-        return load_image_folder(test_path, resolution, channels, class_names=folder_class_names(path))
-    raise ValueError(f"imagefolder has splits train and test, not {split!r}")
+        return load_image_folder(folder, resolution, channels)
+    return load_image_folder(folder, resolution, channels, class_names=folder_class_names(str(path)))

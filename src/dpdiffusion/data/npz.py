@@ -23,6 +23,7 @@ import torch
 from dpdiffusion.data.download import DatasetFileError
 from dpdiffusion.data.images import MODES, crop_offsets, to_channels
 from dpdiffusion.data.labels import check_labels
+from dpdiffusion.data.splits import split_file
 from dpdiffusion.runconfig import ConfigError
 
 CHANNEL_COUNTS = (1, 3)
@@ -96,12 +97,5 @@ def load_npz(path: str | Path, channels: int = 3) -> tuple[torch.Tensor, torch.T
 def load_npz_split(split: str, path: str | None, test_path: str | None,
                    channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """``split="train"`` reads ``path``; ``split="test"`` reads ``test_path``."""
-    if path is None:
-        raise ConfigError("data.path: required for npz (a .npz file with arrays images and labels)")
-    if split == "train":
-        return load_npz(path, channels)
-    if split == "test":
-        if test_path is None:
-            raise ConfigError("data.test_path: not set, and npz has a test split only from that file")
-        return load_npz(test_path, channels)
-    raise ValueError(f"npz has splits train and test, not {split!r}")
+    return load_npz(split_file("npz", split, path, test_path, "a .npz file with arrays images and labels", "file"),
+                    channels)
