@@ -445,10 +445,13 @@ def plan_delta(privacy: PrivacyConfig, dataset_size: int) -> float:
     return delta
 
 
-def resolve_plan(privacy: PrivacyConfig, dataset_size: int) -> PrivacyPlan:
+def resolve_plan(privacy: PrivacyConfig, dataset_size: int, *, calibrate: bool = True) -> PrivacyPlan:
     """The ``PrivacyPlan`` for a dataset of ``dataset_size`` examples: sigma calibrated to the target epsilon,
     or the given noise multiplier (checked against the target when both are set). The plan is for the declared
-    public size when ``privacy.public_dataset_size`` is set (``planned_size``)."""
+    public size when ``privacy.public_dataset_size`` is set (``planned_size``).
+
+    ``calibrate=False``: a draft for a plan composed with other DP stages, which calibrates all of them together
+    -- the given noise multiplier or a relative level of 1, and no target of its own."""
     delta = plan_delta(privacy, dataset_size)
     size = planned_size(privacy, dataset_size)
     steps = steps_for(steps=privacy.steps, epochs=privacy.epochs, dataset_size=size,
@@ -463,4 +466,6 @@ def resolve_plan(privacy: PrivacyConfig, dataset_size: int) -> PrivacyPlan:
                            target_epsilon=privacy.target_epsilon, **common)
     if privacy.target_epsilon is None:
         raise ConfigError("privacy: give target_epsilon or noise_multiplier")
+    if not calibrate:
+        return PrivacyPlan(steps=steps, noise_multiplier=1.0, target_epsilon=None, **common)
     return PrivacyPlan.calibrated(target_epsilon=privacy.target_epsilon, steps=steps, **common)

@@ -62,11 +62,11 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     sigma fixed, this run's calibrated for the total target); a non-private one is marked (training refuses it unless allowed)."""
     check_one_start(config)
     warmup.check(config)
-    single = resolve_plan(config.privacy, dataset_size)
+    draft = resolve_plan(config.privacy, dataset_size, calibrate=False)  # calibrated below, alone or composed
     if warmup.enabled(config):
-        return warmup_plan(config, dataset_size, single)
+        return warmup_plan(config, dataset_size, draft)
     stages: list[Stage] = []
-    start = load_init(config, single.delta)[2] if config.finetune.init else None
+    start = load_init(config, draft.delta)[2] if config.finetune.init else None
     if config.pretrain.data is not None:
         stages.append(public_stage(config))
     elif start is not None and start.private_without_privacy:
@@ -74,10 +74,10 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     elif start is not None and not start.dp_parts:
         stages.append(Stage("start", "nothing"))
     if start is None or not start.dp_parts:
-        return RunPlan.single(MAIN, single, tuple(stages))
+        return RunPlan.single(MAIN, resolve_plan(config.privacy, dataset_size), tuple(stages))
     stages += [Stage(name, "private", part, spent_before=True) for name, part in start.dp_parts]
     fixed = tuple(name for name, _ in start.dp_parts)
-    draft = dataclasses.replace(single, target_epsilon=None)
+    draft = dataclasses.replace(draft, target_epsilon=None)
     target = config.privacy.target_epsilon
     if config.privacy.noise_multiplier is not None:
         composed = ComposedPlan((*start.dp_parts, (MAIN, draft)), target_epsilon=target, fixed=fixed)
@@ -92,13 +92,13 @@ def plan(config: RunConfig, dataset_size: int, *, allow_non_private: bool = Fals
     return RunPlan(tuple(stages), composed, MAIN, composed.plan(MAIN))
 
 
-def warmup_plan(config: RunConfig, dataset_size: int, single: PrivacyPlan) -> RunPlan:
+def warmup_plan(config: RunConfig, dataset_size: int, draft: PrivacyPlan) -> RunPlan:
     """DP central images, warm-up training on them, then ``dpsgd``: one plan, sigma of both DP stages calibrated
     together (the central images' at ``warmup.central_noise_ratio`` times DP-SGD's) to meet the target."""
     central, frequency = warmup.central_draft(config, dataset_size), warmup.frequency_draft(config, dataset_size)
     releases = ((warmup.CENTRAL, central), *(((warmup.FREQUENCY, frequency),) if frequency is not None else ()))
     target = config.privacy.target_epsilon
-    main = dataclasses.replace(single, target_epsilon=None)
+    main = dataclasses.replace(draft, target_epsilon=None)
     if config.privacy.noise_multiplier is not None:
         scaled = tuple((name, dataclasses.replace(p, noise_multiplier=p.noise_multiplier * main.noise_multiplier))
                        for name, p in releases)
