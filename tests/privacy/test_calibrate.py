@@ -1,5 +1,5 @@
-"""The noise calibration's search: the smallest scale within 0.1% that meets the target, found in few accountings,
-checked against functions whose root is known, a slow scan, and ones built to trip an interpolating search."""
+"""The noise calibration's search: the smallest scale within 0.1% that meets the target, checked against functions
+whose root is known, a slow scan, and ones built to trip a search (infinite, zero, jittery and step-like epsilons)."""
 
 import math
 
@@ -27,14 +27,12 @@ def assert_smallest_within_tolerance(f, target, s):
 @pytest.mark.parametrize("power", [0.5, 1.0, 1.3, 2.0, 4.0])
 @pytest.mark.parametrize("target", [0.05, 1.0, 10.0])
 @pytest.mark.parametrize("guess", [1e-3, 1.0, 300.0])
-def test_power_laws_are_solved_within_tolerance_in_few_evaluations(power, target, guess):
-    f, calls = counted(lambda s: 3.0 / s ** power)
+def test_power_laws_are_solved_within_tolerance(power, target, guess):
+    f = lambda s: 3.0 / s ** power  # noqa: E731
     s = calibrate(f, target_epsilon=target, initial_guess=guess)
     root = (3.0 / target) ** (1 / power)
     assert root <= s <= root * (1 + TOLERANCE)
     assert_smallest_within_tolerance(f, target, s)
-    walk = math.ceil(abs(math.log(root / max(guess, 1e-3))) / math.log(1.5)) + 2  # the bracketing walk
-    assert len(calls) <= walk + 5  # bisection alone needs about 9 more once bracketed
 
 
 def test_agrees_with_a_slow_scan_on_a_curved_decreasing_function():
@@ -47,7 +45,7 @@ def test_agrees_with_a_slow_scan_on_a_curved_decreasing_function():
     assert_smallest_within_tolerance(f, target, s)
 
 
-def test_infinite_and_zero_epsilons_fall_back_to_bisection():
+def test_infinite_and_zero_epsilons_on_the_way():
     f = lambda s: math.inf if s < 0.5 else (0.0 if s > 2.0 else 1.0 / s)  # noqa: E731
     for target in (1.5, 0.6):
         s = calibrate(f, target_epsilon=target, initial_guess=10.0)
@@ -64,7 +62,7 @@ def test_a_jittery_accountant_still_gets_a_scale_that_meets_the_target():
         assert s <= (2.0 / target) * 1.004  # near the smallest: within the wobble
 
 
-def test_a_step_function_whose_interpolation_is_useless_ends_by_bisection():
+def test_a_step_function_is_bracketed_to_the_tolerance():
     f = lambda s: 100.0 if s < 1.2345 else 0.01  # noqa: E731
     f_counted, calls = counted(f)
     s = calibrate(f_counted, target_epsilon=1.0)

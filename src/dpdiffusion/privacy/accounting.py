@@ -172,45 +172,26 @@ def calibrate(
     """The smallest scale ``s`` (to within 0.1%) with ``epsilon_of(s) <= target_epsilon``.
 
     ``epsilon_of`` must decrease in ``s``. The returned value always satisfies the target: it is the upper
-    end of the final bracket, a point where ``epsilon_of`` was evaluated, and the lower end (at most 0.1% below)
-    missed the target. Each guess interpolates log epsilon linearly in log s between the bracket's ends (epsilon
-    is close to a power of sigma there) and aims a hair past the estimated root, so that the far end moves next
-    to it; a guess that did not halve the bracket is followed by a bisection. Some 5 evaluations once bracketed,
-    where bisection alone takes 9 or more -- each a full accounting of the run.
+    end of the final bracket.
     """
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise ValueError(f"target epsilon must be a finite number > 0, got {target_epsilon}")
     hi = max(initial_guess, 1e-3)
-    lo, e_lo, e_hi = 0.0, math.inf, epsilon_of(hi)
-    while e_hi > target_epsilon:
-        lo, e_lo, hi = hi, e_hi, hi * 1.5
+    while epsilon_of(hi) > target_epsilon:
+        hi *= 1.5
         if hi > 1e6:
             raise ValueError(f"no noise multiplier below 1e6 reaches epsilon {target_epsilon}")
-        e_hi = epsilon_of(hi)
-    if lo == 0.0:  # the guess was feasible: walk down to a scale that misses the target
-        lo = hi / 1.5
-        e_lo = epsilon_of(lo)
-        while e_lo <= target_epsilon:
-            hi, e_hi, lo = lo, e_lo, lo / 1.5
-            if lo < 1e-4:
-                return hi
-            e_lo = epsilon_of(lo)
-    nudge, bisect = 1.0 + 0.45 * _SIGMA_RELATIVE_TOLERANCE, False
+    lo = hi / 1.5
+    while epsilon_of(lo) <= target_epsilon:
+        hi, lo = lo, lo / 1.5
+        if lo < 1e-4:
+            return hi
     while hi / lo - 1.0 > _SIGMA_RELATIVE_TOLERANCE:
-        width = math.log(hi / lo)
-        if bisect or not (0 < e_hi and math.isfinite(e_lo)):
-            guess = math.sqrt(lo * hi)
+        mid = math.sqrt(lo * hi)
+        if epsilon_of(mid) <= target_epsilon:
+            hi = mid
         else:
-            above, below = math.log(e_lo / target_epsilon), math.log(e_hi / target_epsilon)  # > 0 >= below
-            root = lo * math.exp(width * above / (above - below))
-            guess = root * nudge if hi / root > root / lo else root / nudge
-        guess = min(max(guess, lo * nudge), hi / nudge)  # strictly inside the bracket
-        value = epsilon_of(guess)
-        if value <= target_epsilon:
-            hi, e_hi = guess, value
-        else:
-            lo, e_lo = guess, value
-        bisect = math.log(hi / lo) > width / 2 and not bisect
+            lo = mid
     return hi
 
 
