@@ -73,9 +73,10 @@ def test_a_classifier_asked_for_that_cannot_take_the_images_is_refused_before_sa
     assert "cnn needs images of at least 18x18, these are 8x8" in err
 
 
-def test_too_few_images_for_fid_are_refused_before_sampling(run_dir, tmp_path, capsys, no_sampling):
+def test_too_few_images_for_fid_are_refused_before_sampling(run_dir, tmp_path, capsys, no_sampling, monkeypatch):
+    monkeypatch.setenv("DPDIFFUSION_INCEPTION", str(tmp_path / "absent.pt"))  # the count is checked before the file
     err = refused(capsys, ["evaluate", str(run_dir), "--num", "1", "--metrics", "fid", "--out", str(tmp_path / "o")])
-    assert "at least 2 images on each side" in err
+    assert "at least 2 images on each side, got 1 synthetic" in err
 
 
 def test_a_default_classifier_too_large_for_the_images_is_left_out_with_a_warning(tmp_path, capsys):

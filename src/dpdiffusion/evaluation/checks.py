@@ -106,6 +106,10 @@ def prepare(data: DataConfig, settings: EvaluationSettings, *, shape: tuple[int,
     downstream = "acc" in settings.metrics and labelled
     classifiers, dropped = choose_classifiers(settings, height, channels) if downstream else ((), {})
     features = bool(set(FEATURE_METRICS) & set(settings.metrics))
+    scored = min(synthetic, settings.fid_num or synthetic)
+    if features and scored < 2:  # before the detector is looked for: a count is cheaper to check than a file
+        raise ConfigError(f"FID, KID and precision/recall need at least 2 images on each side, got {scored} "
+                          f"synthetic (--num, --fid-num)")
     detector = None
     if features:
         from dpdiffusion.evaluation.inception import load_detector
@@ -116,8 +120,7 @@ def prepare(data: DataConfig, settings: EvaluationSettings, *, shape: tuple[int,
     if features:
         reference = load_real(data, settings.ref_split, "FID, KID and precision/recall (--ref-split)")
         references = len(reference_subset(len(reference[0]), settings.ref_num))
-        scored = min(synthetic, settings.fid_num or synthetic)
-        if min(scored, references) < 2:
+        if references < 2:
             raise ConfigError(f"FID, KID and precision/recall need at least 2 images on each side, got {scored} "
                               f"synthetic and {references} reference (--num, --fid-num, --ref-num)")
         if "fid" in settings.metrics:
