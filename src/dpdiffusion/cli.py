@@ -258,18 +258,18 @@ def run_sample(args: argparse.Namespace) -> int:
 
     from dpdiffusion.diffusion.generate import generate, load_model_file, load_release
     from dpdiffusion.diffusion.sample_output import check_output, write_npz, write_png_folder
+    from dpdiffusion.privacy.report import PrivacyReport
 
     out = Path(args.out)
     check_output(out, args.format)
     source = Path(args.run_dir)
     if source.is_file():
         model, config, meta = load_model_file(source)
-        private = ((meta.get("privacy") or {}).get("data") or {}).get("private") or {}
-        layout_names = tuple(private.get("class_names") or ())
+        report = PrivacyReport.from_dict(meta["privacy"]) if meta.get("privacy") else None
     else:
         model, config, report = load_release(source)
-        described = report.data.private if report is not None and report.data is not None else None
-        layout_names = tuple(described.class_names or ()) if described is not None else ()
+    described = report.data.private if report is not None and report.data is not None else None
+    layout_names = tuple(described.class_names or ()) if described is not None else ()
     overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     sampling = dataclasses.replace(config.sampling, **overrides)
     if sampling.sampler == "churn" and sampling.S_churn == 0:
