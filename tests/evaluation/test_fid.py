@@ -1,3 +1,4 @@
+import dataclasses
 import os
 from pathlib import Path
 
@@ -118,3 +119,31 @@ def test_reference_features_resume_from_their_last_whole_chunk(tmp_path):
                                                               "all", chunk=100))
     np.testing.assert_array_equal(np.load(path), features)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.npy", "ref.features.npy"]  # chunks removed
+
+
+def test_reference_features_are_cached_by_their_images_not_by_settings_that_leave_the_images_alone(tmp_path):
+    from dpdiffusion.evaluation.evaluate import EvaluationSettings, reference_features
+    from dpdiffusion.runconfig import DataConfig
+
+    detector_file = tmp_path / "detector.pt"
+    detector_file.write_bytes(b"stand-in")
+    settings = EvaluationSettings(inception=str(detector_file), cache=tmp_path / "cache", progress=False)
+    images = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 1), dtype=np.uint8)
+    first = CountingDetector()
+    features, info = reference_features(DataConfig(name="npz", path="a.npz"), settings, first, images=images)
+    assert first.seen == 6 and info["cache"] == str(tmp_path / "cache")
+    # the same images read through other settings (another folder, class names, a label column): the cached entry
+    again = CountingDetector()
+    other_settings = DataConfig(name="npz", path="b.npz", data_dir="elsewhere", class_names=tuple("abcdef"))
+    np.testing.assert_array_equal(reference_features(other_settings, settings, again, images=images)[0], features)
+    assert again.seen == 0
+    # one pixel changed, or another detector file: never the cached entry
+    changed = images.copy()
+    changed[3, 2, 1, 0] ^= 1
+    for variant, variant_settings in [(changed, settings),
+                                      (images, dataclasses.replace(settings, inception=str(tmp_path / "other.pt")))]:
+        Path(variant_settings.inception).write_bytes(b"stand-in")
+        detector = CountingDetector()
+        reference_features(DataConfig(name="npz", path="a.npz"), variant_settings, detector, images=variant)
+        assert detector.seen == len(variant)
+    assert len(list((tmp_path / "cache").glob("*.features.npy"))) == 3

@@ -7,7 +7,7 @@ computed from private data without noise, and the report says so."""
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +66,12 @@ def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def reference_features(data: DataConfig, settings: EvaluationSettings, detector,
                        images: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Inception features of the reference images (``images``: the split, already loaded), cached in
-    ``settings.cache`` per (dataset settings, split, resolution, count, detector file); the info names the cache."""
-    from dpdiffusion.evaluation.inception import detector_path
-
+    ``settings.cache`` per (the reference images' bytes, split, resolution, count, detector file): a data setting
+    that does not change the images keeps the entry, one that does cannot reuse it; the info names the cache."""
     if images is None:
         images, _ = real_images(data, settings.ref_split)
     subset = reference_subset(len(images), settings.ref_num)
-    detector_file = detector_path(settings.inception)
-    source = json.dumps([dataclasses.asdict(data), str(detector_file.resolve()), detector_file.stat().st_size])
-    path = reference_path(data.name, settings.ref_split, images.shape[1], len(subset), source, settings.cache)
+    path = reference_cache_path(data, settings, images[subset])
     if path.exists():
         features = np.load(path, allow_pickle=False)
     else:
@@ -84,6 +81,19 @@ def reference_features(data: DataConfig, settings: EvaluationSettings, detector,
     info = {"dataset": data.name, "split": settings.ref_split, "images": len(subset), "of": len(images),
             "resolution": int(images.shape[1]), "cache": str(path.parent)}  # `dpdiffusion clear-cache` removes them
     return features, info
+
+
+def reference_cache_path(data: DataConfig, settings: EvaluationSettings, chosen: np.ndarray) -> Path:
+    """Where ``reference_features`` caches the features of the reference images ``chosen`` (uint8 [N, H, W, C]):
+    the name hashes their bytes and shape with the detector file's path and size."""
+    from dpdiffusion.evaluation.inception import detector_path
+
+    detector_file = detector_path(settings.inception)
+    chosen = np.ascontiguousarray(chosen)
+    digest = hashlib.sha256(repr((chosen.dtype.str, chosen.shape)).encode())
+    digest.update(chosen.data)  # C-contiguous: hashed in place
+    source = json.dumps([digest.hexdigest(), str(detector_file.resolve()), detector_file.stat().st_size])
+    return reference_path(data.name, settings.ref_split, chosen.shape[1], len(chosen), source, settings.cache)
 
 
 def _chunked_features(images: np.ndarray, detector, path: Path, progress: bool, desc: str,
