@@ -4,7 +4,7 @@ import dp_accounting
 import pytest
 
 from dpdiffusion.privacy import SampledGaussian, composed_epsilon, epsilon, noise_multiplier
-from dpdiffusion.privacy.accounting import PRV_MAX_GRID_POINTS, prv_falls_back
+from dpdiffusion.privacy.accounting import PRV_MAX_GRID_POINTS, clear_cache, prv_falls_back
 
 Q, STEPS, DELTA = 0.01, 1000, 1e-5
 
@@ -111,6 +111,7 @@ def test_a_tiny_epsilon_calibrates_within_bounded_memory(target, monkeypatch):
 
     q, steps = 0.004, 1000
     monkeypatch.setattr(PRVAccountant, "get_epsilon", refuse)  # every evaluation near these targets falls back
+    clear_cache()  # asked afresh, not answered from an earlier test's evaluations
     sigma = noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=DELTA)
     assert sigma == noise_multiplier(target_epsilon=target, sample_rate=q, steps=steps, delta=DELTA, accountant="pld")
     assert prv_falls_back([SampledGaussian(sigma, q, steps)], delta=DELTA)
@@ -121,3 +122,32 @@ def test_a_tiny_epsilon_calibrates_within_bounded_memory(target, monkeypatch):
 def test_an_ordinary_epsilon_stays_with_prv():
     assert PRV_MAX_GRID_POINTS >= 2.5e6  # DPDM's MNIST plan at epsilon 0.2 (mnist-eps0.2) needs 2.4e6
     assert not prv_falls_back([SampledGaussian(1.0, Q, STEPS)], delta=DELTA)
+
+
+def test_a_repeated_question_is_answered_once_and_the_same(monkeypatch):
+    """Evaluations are kept per process: the same events and delta ask each accountant once; any other question
+    (another sigma, rate, step count, delta, accountant, or one event more) is asked afresh."""
+    from opacus.accountants import PRVAccountant
+
+    asked = []
+    original = PRVAccountant.get_epsilon
+
+    def counting(self, *args, **kwargs):
+        asked.append(tuple(self.history))
+        return original(self, *args, **kwargs)
+
+    clear_cache()
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", counting)
+    events = [SampledGaussian(1.0, Q, STEPS), SampledGaussian(2.0, 0.1, 10)]
+    first = composed_epsilon(events, delta=DELTA)
+    assert composed_epsilon(list(events), delta=DELTA) == first and len(asked) == 1
+    assert composed_epsilon(tuple(SampledGaussian(e.noise_multiplier, e.sample_rate, float(e.steps)) for e in events),
+                            delta=DELTA) == first and len(asked) == 1  # steps 1000.0 is the question of 1000
+    others = [(events[:1], DELTA), (events + [SampledGaussian(1.0, Q, 1)], DELTA), (events, DELTA / 2),
+              ([SampledGaussian(1.0 + 1e-12, Q, STEPS), events[1]], DELTA)]
+    for n, (other, delta) in enumerate(others, start=2):
+        composed_epsilon(other, delta=delta)
+        assert len(asked) == n
+    clear_cache()
+    assert composed_epsilon(events, delta=DELTA) == first and len(asked) == len(others) + 2
+    assert composed_epsilon(events, delta=DELTA, accountant="pld") == pytest.approx(first, rel=0.01)
