@@ -145,15 +145,17 @@ def sample(run_dir: Path, sampling, num: int, seed: int = 0) -> tuple[np.ndarray
 
 def image_metrics(images: np.ndarray, data, protocol: Protocol, inception: str | None, cache: Path | None = None) -> dict:
     """FID against each reference split (whole) and precision/recall, on the first ``fid_synthetic`` images;
-    reference features cached in ``cache`` (the run's owner side; None: the shared cache)."""
-    from dpdiffusion.evaluation.evaluate import EvaluationSettings, reference_features
-    from dpdiffusion.evaluation.fid import Statistics, frechet_distance
-    from dpdiffusion.evaluation.inception import inception_features, load_detector
+    reference and synthetic features cached in ``cache`` (the run's owner side; None: the shared cache), so that a
+    stopped phase resumes from its last whole chunk of either."""
+    from dpdiffusion.evaluation.evaluate import EvaluationSettings, cached_features, images_source, reference_features
+    from dpdiffusion.evaluation.fid import Statistics, frechet_distance, reference_path
+    from dpdiffusion.evaluation.inception import load_detector
     from dpdiffusion.evaluation.precision_recall import precision_recall
 
     detector = load_detector(inception)
     scored = images[: protocol.fid_synthetic]
-    fake = inception_features(scored, detector, progress=True, desc="synthetic").astype(np.float32).astype(np.float64)
+    where = reference_path(data.name, "synthetic", scored.shape[1], len(scored), images_source(scored, inception), cache)
+    fake = cached_features(scored, detector, where, progress=True, desc="synthetic").astype(np.float64)
     out: dict = {"fid": {}, "synthetic_images": len(scored)}
     references = {}
     for split in dict.fromkeys((*protocol.fid_references, protocol.pr_reference)):

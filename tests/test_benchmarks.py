@@ -165,7 +165,11 @@ def test_utility_benchmark_end_to_end(tmp_path):
     third = json.loads((tmp_path / "out" / "utility_tiny_full-custom.json").read_text())
     assert third["wall_seconds"]["classifiers"] == result["wall_seconds"]["classifiers"]  # reused, not rerun
     assert third["metrics"]["downstream"] == result["metrics"]["downstream"]
-    assert any((tmp_path / "features").iterdir())  # the shared owner-side cache of reference features
+    # the shared owner-side cache: the reference features and the scored synthetic images' (a stopped phase resumes)
+    cached = sorted(p.name.split("-")[1] for p in (tmp_path / "features").glob("digits-*-8px-*.features.npy"))
+    assert cached == ["synthetic", "test", "train"]
+    fid = lambda r: {split: e["value"] for split, e in r["metrics"]["fid"].items()}  # noqa: E731
+    assert fid(third) == fid(result)  # cached features are the features
 
     refused = utility("--set", "privacy.steps=3")
     assert refused.returncode != 0 and "other settings (privacy.steps)" in refused.stderr

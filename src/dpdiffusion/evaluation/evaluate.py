@@ -22,7 +22,8 @@ from dpdiffusion.evaluation.precision_recall import precision_recall
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig
 
-__all__ = ["METRICS", "EvaluationSettings", "evaluate", "load_samples", "read_log", "real_images", "reference_features"]
+__all__ = ["METRICS", "EvaluationSettings", "cached_features", "evaluate", "images_source", "load_samples", "read_log",
+           "real_images", "reference_features"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,8 @@ def reference_features(data: DataConfig, settings: EvaluationSettings, detector,
         images, _ = real_images(data, settings.ref_split)
     subset = reference_subset(len(images), settings.ref_num)
     path = reference_cache_path(data, settings, images[subset])
-    if path.exists():
-        features = np.load(path, allow_pickle=False)
-    else:
-        features = _chunked_features(images[subset], detector, path, settings.progress,
-                                     f"reference {data.name} {settings.ref_split}")
+    features = cached_features(images[subset], detector, path, progress=settings.progress,
+                               desc=f"reference {data.name} {settings.ref_split}")
     features = features.astype(np.float64)  # cached or not: the same float32-rounded features
     info = {"dataset": data.name, "split": settings.ref_split, "images": len(subset), "of": len(images),
             "resolution": int(images.shape[1]), "cache": str(path.parent)}  # `dpdiffusion clear-cache` removes them
@@ -86,14 +84,29 @@ def reference_features(data: DataConfig, settings: EvaluationSettings, detector,
 def reference_cache_path(data: DataConfig, settings: EvaluationSettings, chosen: np.ndarray) -> Path:
     """Where ``reference_features`` caches the features of the reference images ``chosen`` (uint8 [N, H, W, C]):
     the name hashes their bytes and shape with the detector file's path and size."""
+    source = images_source(chosen, settings.inception)
+    return reference_path(data.name, settings.ref_split, chosen.shape[1], len(chosen), source, settings.cache)
+
+
+def images_source(images: np.ndarray, inception: str | None = None) -> str:
+    """What identifies the features of ``images``: a hash of their bytes and shape, and the detector file's path
+    and size (a cache entry's name hashes it)."""
     from dpdiffusion.evaluation.inception import detector_path
 
-    detector_file = detector_path(settings.inception)
-    chosen = np.ascontiguousarray(chosen)
-    digest = hashlib.sha256(repr((chosen.dtype.str, chosen.shape)).encode())
-    digest.update(chosen.data)  # C-contiguous: hashed in place
-    source = json.dumps([digest.hexdigest(), str(detector_file.resolve()), detector_file.stat().st_size])
-    return reference_path(data.name, settings.ref_split, chosen.shape[1], len(chosen), source, settings.cache)
+    detector_file = detector_path(inception)
+    images = np.ascontiguousarray(images)
+    digest = hashlib.sha256(repr((images.dtype.str, images.shape)).encode())
+    digest.update(images.data)  # C-contiguous: hashed in place
+    return json.dumps([digest.hexdigest(), str(detector_file.resolve()), detector_file.stat().st_size])
+
+
+def cached_features(images: np.ndarray, detector, path: Path, *, progress: bool = False,
+                    desc: str = "Inception features") -> np.ndarray:
+    """The Inception features of ``images`` from ``path``, else computed into it chunk by chunk (a stopped
+    computation resumes from its last whole chunk); float32-rounded either way."""
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    return _chunked_features(images, detector, path, progress, desc)
 
 
 def _chunked_features(images: np.ndarray, detector, path: Path, progress: bool, desc: str,
