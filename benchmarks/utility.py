@@ -21,8 +21,10 @@ and is never a headline figure either.
 
 Writes ``OUT/utility_<name>[_<protocol>][_<sampler>-<steps>[-w<guidance>]].json`` and ``.md``, and a PNG beside them:
 synthetic images per class next to real *test* images. The run folder (default ``runs/utility/<name>``) keeps the
-trained model (resumed if unfinished), the synthetic sets under ``release/synthetic/`` and the training time under
-``owner/utility/``. The metrics are computed from private data without noise (FID against the training split,
+trained model (resumed if unfinished), the synthetic sets under ``release/synthetic/``, the training time and each
+finished phase under ``owner/utility/`` (a stopped evaluation resumes at its first unfinished phase), and the
+Inception features of the reference splits and of the scored synthetic images under ``owner/cache/`` (or
+``--feature-cache``: one owner-side folder shared by the runs on the same data), chunk by chunk. The metrics are computed from private data without noise (FID against the training split,
 accuracy on the test split): they belong to the data owner. One heavy job at a time on a small machine.
 """
 
