@@ -107,3 +107,42 @@ def test_post_processing_makes_a_labelled_warm_up_set_at_the_model_size():
     assert warm.x.shape == (4 * CLASSES, 1, 8, 8) and warm.y.tolist() == [0, 1, 2] * 4
     assert warm.x.min() >= -1 and warm.x.max() <= 1
     assert torch.equal(pooled(torch.full((1, 1, 2, 2), float("nan")), 2), torch.zeros(1, 1, 1, 1, dtype=torch.float64))
+
+
+def test_the_transform_clamps_before_it_pools_so_no_pixel_can_overflow_the_bound():
+    """Pixels are clamped, then averaged: a window of two huge positive and two huge negative float64 pixels is 0
+    (summed first, it would overflow to inf or, in some orders, inf - inf = NaN)."""
+    big = torch.finfo(torch.float64).max
+    window = torch.tensor([[big, big], [-big, -big]], dtype=torch.float64)
+    x = window.repeat(4, 4)[None, None]  # one 8x8 image of such windows
+    out = pooled(x, 2)
+    assert torch.equal(out, torch.zeros(1, 1, 4, 4, dtype=torch.float64))
+    hostile = torch.stack([window.repeat(4, 4), -window.repeat(4, 4).T, torch.full((8, 8), big, dtype=torch.float64),
+                           torch.full((8, 8), float("nan"), dtype=torch.float64)])[:, None]
+    out = pooled(hostile, 2)
+    assert torch.isfinite(out).all() and float(out.abs().max()) <= 1.0
+    assert float(out.flatten(1).norm(dim=1).max()) <= image_bound((1, 4, 4))
+
+
+@pytest.mark.parametrize("downsample", [0, -2, 2.0, True])
+def test_a_downsample_that_is_not_a_whole_number_of_at_least_one_is_refused(downsample):
+    """A negative factor once passed the divisibility check and gave the bound of a pooled size while the images
+    were not pooled (half the noise)."""
+    with pytest.raises(ValueError, match="downsample must be an integer >= 1"):
+        central_images_plan(dataset_size=10, batch_size=5, rounds=1, noise_multiplier=1.0, delta=1e-5,
+                            image_shape=(1, 28, 28), downsample=downsample)
+    with pytest.raises(ValueError, match="downsample must be an integer >= 1"):
+        pooled(torch.zeros(1, 1, 28, 28), downsample)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 8, 8), (1, 10, 10)])
+def test_images_larger_than_the_plan_was_made_for_are_refused_before_any_release(shape):
+    """Δ is the plan's (from the model's size); images whose pooled norm can exceed it would get too little noise."""
+    larger = ArrayDataset(torch.ones(30, *shape), torch.arange(30) % CLASSES)
+    with pytest.raises(ValueError, match="not the size the plan was made for"):
+        release(DeclaredSize(larger, 30), plan(30, 30, 1.0))
+    empty = ArrayDataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.long))  # refused from its shape alone
+    with pytest.raises(ValueError, match="not the size the plan was made for"):
+        release(DeclaredSize(empty, 30), plan(30, 30, 1.0))
+    smaller = ArrayDataset(torch.ones(30, 1, 4, 4), torch.arange(30) % CLASSES)  # a smaller bound: more noise than needed
+    assert release(DeclaredSize(smaller, 30), plan(30, 30, 1.0)).shape == (1, CLASSES, 1, 2, 2)

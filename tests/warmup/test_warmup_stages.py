@@ -11,6 +11,7 @@ from dpdiffusion.cli import main
 from dpdiffusion.data.dataset import ArrayDataset, DeclaredSize
 from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.run_folder import RunFolder
+from dpdiffusion.stages import Stage, StageRecords
 from dpdiffusion.runconfig import load_config
 from dpdiffusion.warmup import stages as warmup
 from dpdiffusion.warmup.central_images import central_images_plan, release_central_images
@@ -79,6 +80,47 @@ def test_warm_up_settings_are_checked(tmp_path, capsys):
     assert "warmup.steps" in capsys.readouterr().err
     assert main(["train", config, "--dry-run", "--set", "pretrain.data={name: digits}"]) != 0
     assert "random initialisation" in capsys.readouterr().err
+    for bad in ("0", "-2"):  # a negative factor once gave the bound of a pooled size to unpooled images
+        assert main(["train", config, "--dry-run", "--set", f"warmup.downsample={bad}"]) != 0
+        assert "warmup.downsample must be an integer >= 1" in capsys.readouterr().err
+    assert main(["train", config, "--dry-run", "--set", "method=dpsad"]) != 0  # its teacher would ignore it or fail
+    assert "a start for method dpdm" in capsys.readouterr().err
+
+
+def test_a_warm_up_run_with_a_declared_size_plans_its_releases_for_that_size(tmp_path):
+    """With ``privacy.public_dataset_size`` the central images' plan is for N^, and the release divides by the
+    expected count of N^'s rate, as DP-SGD's; the true N appears in no released file."""
+    config, run = write_config(tmp_path, WARM), tmp_path / "run"
+    assert main(["train", config, "--run-dir", str(run), "--set", "privacy.public_dataset_size=1500"]) == 0
+    report = json.loads((run / "release" / "privacy.json").read_text())
+    assert report["plan"]["parts"]["central images"]["dataset_size"] == 1500
+    assert report["plan"]["parts"]["dpsgd"]["dataset_size"] == 1500
+    assert all(b"1437" not in f.read_bytes() for f in (run / "release").rglob("*") if f.is_file())
+
+
+def test_a_release_drawn_before_and_left_out_of_the_plan_now_is_refused(tmp_path):
+    """A resumed run whose settings drop a stage that an earlier attempt already drew (its file, or its record)
+    would spend it unreported: refused before anything else is drawn; a drawn stage in the plan must match it."""
+    from dpdiffusion.stages import StageMismatchError
+
+    cfg = load_config(write_config(tmp_path, WARM))
+    _, central = released_file(tmp_path)
+    planned = tuple(warmup.stages(cfg, central))  # central images and warm-up training: no frequency features
+    run = RunFolder(tmp_path / "run")
+    warmup.check_drawn(run.root, planned)  # an empty folder: nothing drawn
+    run.release.mkdir(parents=True)
+    drawn = run.release / "frequency_features.safetensors"
+    drawn.write_bytes(b"an earlier attempt's release")
+    with pytest.raises(StageMismatchError, match="already drew frequency_features.safetensors"):
+        warmup.check_drawn(run.root, planned)
+    StageRecords(run).finished(Stage(warmup.FREQUENCY, "private", central), drawn)
+    drawn.unlink()
+    with pytest.raises(StageMismatchError, match="already drew frequency_features.safetensors"):
+        warmup.check_drawn(run.root, planned)  # recorded, though its file is gone
+    run.stages.unlink()
+    (run.release / "central_images.safetensors").write_bytes(b"drawn with settings nobody recorded")
+    with pytest.raises(StageMismatchError, match="no record of how it was made"):
+        warmup.check_drawn(run.root, planned)  # a stage in the plan: reused only as recorded
 
 
 def test_frequency_features_are_a_third_dp_stage_and_feed_the_warm_up_set(tmp_path):

@@ -156,9 +156,12 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     if config.performance.threads:
         torch.set_num_threads(config.performance.threads)
     torch.manual_seed(config.training.seed)
+    declared = config.privacy.public_dataset_size
+    if resume:
+        warmup.check_drawn(run_dir, run_plan.stages)  # no earlier release left out of the plan
     if warmup.enabled(config):
-        warmed, described = warmup.warm_model(config, dataset, run_plan.stages, run_dir, resume=resume,
-                                              progress=progress, secret_seed=secret_seed)
+        warmed, described = warmup.warm_model(config, with_declared_size(dataset, declared), run_plan.stages,
+                                              run_dir, resume=resume, progress=progress, secret_seed=secret_seed)
         start, network, public = warmed, None, None
         begin = Start(kind=described.pop("kind"), path=described.pop("path"), sha256=described.pop("sha256"),
                       steps=described.pop("steps"), note=f"central images sha256 {described['central_images_sha256']}")
@@ -171,7 +174,6 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
                           "NOT private)")
     apply_freezing(start, config)
     model, loss = build(config, start)
-    declared = config.privacy.public_dataset_size
     private = describe_data(config.data, planned_size(dataset), dataset).released(size_declared=declared is not None)
     dataset = with_declared_size(dataset, declared)  # the plan is for N^; Poisson sampling runs over every example
     drawn = getattr(dataset, "canaries_drawn", 0)  # how many canaries were drawn is public; which went in is not

@@ -47,6 +47,7 @@ from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig, plan_delta, planned_size
 from dpdiffusion.stages import RunPlan, Stage, StageRecords
 from dpdiffusion.training import Trainer
+from dpdiffusion.warmup import stages as warmup
 
 TEACHERS = ("dp", "public", "none")
 DISTANCES = {"l2": lambda a, b: (a - b).pow(2).flatten(1).mean(1), "l1": lambda a, b: (a - b).abs().flatten(1).mean(1)}
@@ -146,6 +147,7 @@ class DiscriminatorLoss:
 def resolve_dpsad_plan(config: RunConfig, dataset_size: int) -> ComposedPlan:
     """Teacher (dp mode), student and discriminator as one composed plan meeting ``privacy.target_epsilon``."""
     p, d = config.privacy, config.dpsad
+    warmup.check(config)  # the DP warm-up is a start of method dpdm: refused here
     if d.teacher not in TEACHERS:
         raise ConfigError(f"dpsad.teacher: unknown {d.teacher!r} (choose one of {', '.join(TEACHERS)})")
     if p.multiplicity != 1:

@@ -43,11 +43,18 @@ class CentralImages:
 
 
 def pooled(x: torch.Tensor, downsample: int) -> torch.Tensor:
-    """The fixed transform: average-pool by ``downsample``, non-finite pixels to 0, pixels clamped to [-1, 1]."""
-    x = torch.nan_to_num(x.to(torch.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    """The fixed transform: non-finite pixels to 0 (infinities to +-1), pixels clamped to [-1, 1], average-pooled
+    by ``downsample`` (an integer >= 1), clamped again (a mean of values in [-1, 1] may round past them)."""
+    _check_downsample(downsample)
+    x = torch.nan_to_num(x.to(torch.float64), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
     if downsample > 1:
         x = F.avg_pool2d(x, downsample)
     return x.clamp(-1.0, 1.0)
+
+
+def _check_downsample(downsample: int) -> None:
+    if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+        raise ValueError(f"downsample must be an integer >= 1, got {downsample!r}")
 
 
 def image_bound(shape: tuple[int, ...]) -> float:
@@ -58,6 +65,7 @@ def image_bound(shape: tuple[int, ...]) -> float:
 def central_images_plan(*, dataset_size: int, batch_size: int, rounds: int, noise_multiplier: float, delta: float,
                         image_shape: tuple[int, int, int], downsample: int, accountant: str = "prv") -> PrivacyPlan:
     """The DP event of the release as a plan: S Poisson-sampled Gaussians with sensitivity Δ of the pooled size."""
+    _check_downsample(downsample)
     c, h, w = image_shape
     if h % downsample or w % downsample:
         raise ValueError(f"images of {h}x{w} cannot be average-pooled by {downsample}")
@@ -69,16 +77,23 @@ def central_images_plan(*, dataset_size: int, batch_size: int, rounds: int, nois
 def release_central_images(dataset: Dataset, plan: PrivacyPlan, *, num_classes: int, downsample: int,
                            sampling: SecretStream, noise: SecretStream) -> CentralImages:
     """Run the mechanism of the module's docstring for ``plan.steps`` rounds. ``num_classes`` 0: one class (an
-    unconditional model). A label outside [0, classes) is refused (the loaders check labels before this)."""
+    unconditional model). A label outside [0, classes) is refused (the loaders check labels before this), and so
+    are images whose pooled size would let one image's norm exceed the plan's Δ (images of another size than the
+    plan was made for: its noise would be too small)."""
     classes = max(1, num_classes)
-    size = getattr(dataset, "planned_size", len(dataset))
-    if size != plan.dataset_size:
-        raise ValueError(f"the plan is for {plan.dataset_size} examples but the dataset has {size}")
+    if getattr(dataset, "planned_size", len(dataset)) != plan.dataset_size:
+        raise ValueError(f"the plan is for a dataset of {plan.dataset_size} examples, and this one is planned for "
+                         "another size (declare the same public size for both)")
     expected_per_class = plan.expected_batch_size / classes  # public
     rounds = []
     for _ in range(plan.steps):
         batch = dataset.batch(poisson_sample(len(dataset), plan.sample_rate, stream=sampling))
         x = pooled(batch["x"], downsample)
+        shape = tuple(x.shape[1:])  # the images' size is public (the same for an empty sample)
+        if image_bound(shape) > plan.max_grad_norm * (1 + 1e-12):
+            raise ValueError(f"the pooled images are {'x'.join(map(str, shape))}, whose norm bound "
+                             f"{image_bound(shape):.4g} exceeds the plan's sensitivity {plan.max_grad_norm:.4g}: "
+                             "the images are not the size the plan was made for")
         labels = batch["y"].long() if num_classes else torch.zeros(len(x), dtype=torch.long)
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
             raise ValueError(f"a label lies outside [0, {classes}): the private labels must be checked at load")

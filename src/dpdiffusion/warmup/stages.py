@@ -33,7 +33,7 @@ from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.privacy.plan import PrivacyPlan
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, PretrainConfig, RunConfig, plan_delta, planned_size
-from dpdiffusion.stages import Stage, StageRecords, file_sha256
+from dpdiffusion.stages import Stage, StageMismatchError, StageRecords, file_sha256
 from dpdiffusion.warmup.central_images import (
     CentralImages,
     central_images_plan,
@@ -51,6 +51,7 @@ from dpdiffusion.warmup.frequency_features import (
 CENTRAL = "central images"
 FREQUENCY = "frequency features"
 WARMUP = "warm-up training"
+RELEASES = {CENTRAL: "central_images.safetensors", FREQUENCY: "frequency_features.safetensors"}  # under release/
 
 
 def enabled(config: RunConfig) -> bool:
@@ -61,6 +62,11 @@ def check(config: RunConfig) -> None:
     w = config.warmup
     if w.central_rounds < 0 or w.steps < 0 or w.augment_translate < 0:
         raise ConfigError("warmup.central_rounds, warmup.steps and warmup.augment_translate must be >= 0")
+    if isinstance(w.downsample, bool) or not isinstance(w.downsample, int) or w.downsample < 1:
+        raise ConfigError(f"warmup.downsample must be an integer >= 1, got {w.downsample!r}")
+    if enabled(config) and config.method != "dpdm":
+        raise ConfigError(f"warmup (DP central images) is a start for method dpdm, not {config.method}: set "
+                          "warmup.central_rounds: 0")
     if enabled(config) and (config.pretrain.data is not None or config.finetune.init):
         raise ConfigError("warmup (DP central images) starts from a random initialisation: unset pretrain.data and "
                           "finetune.init, or set warmup.central_rounds: 0")
@@ -161,7 +167,7 @@ def release_central(config: RunConfig, dataset: Dataset, stage: Stage, run: RunF
                                           downsample=config.warmup.downsample, sampling=sampling, noise=noise)
         return "images", released.images, {"downsample": released.downsample}
 
-    return _release_once(stage, run, "central_images.safetensors", make, secret_seed=secret_seed)
+    return _release_once(stage, run, RELEASES[CENTRAL], make, secret_seed=secret_seed)
 
 
 def release_frequency(config: RunConfig, dataset: Dataset, stage: Stage, run: RunFolder, *,
@@ -175,7 +181,7 @@ def release_frequency(config: RunConfig, dataset: Dataset, stage: Stage, run: Ru
                                            downsample=config.warmup.downsample, sampling=sampling, noise=noise)
         return "means", means, {"features": dataclasses.asdict(features)}
 
-    return _release_once(stage, run, "frequency_features.safetensors", make, secret_seed=secret_seed)
+    return _release_once(stage, run, RELEASES[FREQUENCY], make, secret_seed=secret_seed)
 
 
 def _header(path: Path) -> dict[str, Any]:
@@ -228,11 +234,32 @@ def warm_up(config: RunConfig, released: Path, stage: Stage, run: RunFolder, *, 
     return out
 
 
+def check_drawn(run_dir: str | Path, run_stages: tuple[Stage, ...]) -> None:
+    """Before a resumed run draws or trains anything: every DP release the folder already holds must be a stage of
+    the run's plan, made as configured, and so must a finished warm-up model. A release drawn by an earlier attempt
+    and left out of the plan now would be spent and unreported; a changed stage is refused before another is
+    drawn."""
+    run = RunFolder(run_dir)
+    by_name, records = {stage.name: stage for stage in run_stages}, StageRecords(run)
+    recorded = records.load()
+    for name, file in RELEASES.items():
+        path = run.release / file
+        if name not in by_name and (path.exists() or name in recorded):
+            raise StageMismatchError(f"stage {name}: this run already drew {file}, and its settings now leave the "
+                                     "stage out, so its spend would go unreported; restore the settings it was "
+                                     "drawn with or start a new run")
+        if name in by_name and path.is_file():
+            records.check_reusable(by_name[name], path)
+    warm = run.root / "warmup" / "model.safetensors"
+    if WARMUP in by_name and warm.is_file():
+        records.check_reusable(by_name[WARMUP], warm)
+
+
 def warm_model(config: RunConfig, dataset: Dataset, run_stages: tuple[Stage, ...], run_dir: str | Path, *,
                resume: bool, progress: bool, secret_seed: int | None) -> tuple[Precond, dict[str, Any]]:
     """The model DP-SGD starts from after the two warm-up stages, and the start's description."""
     run = RunFolder(run_dir)
-    central_file = run.release / "central_images.safetensors"
+    central_file = run.release / RELEASES[CENTRAL]
     if not resume and (central_file.exists() or run.traces_of_training()):
         raise FileExistsError(f"{run.root} already holds a run; resume it with --resume or pick another folder")
     by_name = {stage.name: stage for stage in run_stages}
@@ -240,6 +267,7 @@ def warm_model(config: RunConfig, dataset: Dataset, run_stages: tuple[Stage, ...
     out = run.root / "warmup" / "model.safetensors"
 
     def make() -> None:
+        check_drawn(run.root, run_stages)
         released = release_central(config, dataset, by_name[CENTRAL], run, secret_seed=secret_seed)
         frequency = (release_frequency(config, dataset, by_name[FREQUENCY], run, secret_seed=secret_seed)
                      if FREQUENCY in by_name else None)
