@@ -65,3 +65,15 @@ def test_a_generator_fitted_to_the_release_matches_the_class_means():
     images = generated_images(generator, SHAPE, per_class=16)
     assert images.x.shape == (48, *SHAPE) and images.y.tolist() == [0] * 16 + [1] * 16 + [2] * 16
     assert float(images.x[:16].mean()) > 0.3 > -0.3 > float(images.x[16:].mean())
+
+
+def test_fitting_the_generator_is_seeded_and_leaves_the_callers_random_state_alone():
+    features = FourierFeatures(dim=16, features=8, length_scale=2.0, seed=0)
+    released = torch.randn(2, 16, dtype=torch.float64)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = fit_generator(released, features, steps=2, seed=5)
+    assert torch.equal(torch.rand(3), before)
+    b, _ = fit_generator(released, features, steps=2, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

@@ -93,9 +93,10 @@ def fit_generator(released: torch.Tensor, features: FourierFeatures, *, steps: i
     """Fit a generator to the released mean features (post-processing: reads only ``released`` and the public
     feature map); returns it and its loss per step."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     classes = released.shape[0]
-    generator = Generator(features.dim, classes)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the caller's random state alone
+        torch.manual_seed(seed)
+        generator = Generator(features.dim, classes)
     optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
     w, target = features.frequencies.float(), released.float()
     labels = torch.arange(classes).repeat_interleave(per_class)
