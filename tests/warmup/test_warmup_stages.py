@@ -11,7 +11,7 @@ from dpdiffusion.cli import main
 from dpdiffusion.data.dataset import ArrayDataset, DeclaredSize
 from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.run_folder import RunFolder
-from dpdiffusion.stages import Stage, StageRecords
+from dpdiffusion.stages import Stage, StageRecords, file_sha256
 from dpdiffusion.runconfig import load_config
 from dpdiffusion.warmup import stages as warmup
 from dpdiffusion.warmup.central_images import central_images_plan, release_central_images
@@ -141,6 +141,9 @@ def test_frequency_features_are_a_third_dp_stage_and_feed_the_warm_up_set(tmp_pa
         header = json.loads(f.metadata()["dpdiffusion"])
     assert set(header["trained_on"]["release"]) == {"central_images_sha256", "frequency_features_sha256"}
     assert (run / "release" / "frequency_features.safetensors").is_file()
+    note = report["data"]["start"]["note"]  # the start names both releases it was warmed on
+    assert f"central images sha256 {file_sha256(run / 'release' / 'central_images.safetensors')}" in note
+    assert f"frequency features sha256 {file_sha256(run / 'release' / 'frequency_features.safetensors')}" in note
 
 
 def test_warm_up_augments_its_few_images_with_fixed_translations(tmp_path, monkeypatch):

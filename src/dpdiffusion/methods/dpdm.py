@@ -164,7 +164,8 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
                                               run_dir, resume=resume, progress=progress, secret_seed=secret_seed)
         start, network, public = warmed, None, None
         begin = Start(kind=described.pop("kind"), path=described.pop("path"), sha256=described.pop("sha256"),
-                      steps=described.pop("steps"), note=f"central images sha256 {described['central_images_sha256']}")
+                      steps=described.pop("steps"), note="; ".join(f"{k.removesuffix('_sha256').replace('_', ' ')} "
+                                                                   f"sha256 {v}" for k, v in described.items()))
     else:
         start, network, public, begin = start_model(config, run_dir, delta=run_plan.main_plan.delta, resume=resume,
                                                     progress=progress, private=dataset)  # type: ignore[arg-type]

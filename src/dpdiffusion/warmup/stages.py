@@ -278,7 +278,9 @@ def warm_model(config: RunConfig, dataset: Dataset, run_stages: tuple[Stage, ...
     distributed.barrier(world)
     model = build_denoiser(config.model, config.diffusion)
     model.load_state_dict(load_file(str(out)))
+    frequency_file = run.release / RELEASES[FREQUENCY]
     start = {"kind": "warm-up on this run's DP central images", "path": "warmup/model.safetensors",
              "sha256": file_sha256(out), "steps": config.warmup.steps,
-             "central_images_sha256": file_sha256(central_file)}
+             "central_images_sha256": file_sha256(central_file),
+             **({"frequency_features_sha256": file_sha256(frequency_file)} if FREQUENCY in by_name else {})}
     return model.train(), start
