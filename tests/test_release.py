@@ -149,6 +149,10 @@ def test_the_released_configuration_withholds_the_private_datas_locations():
     released, withheld = released_config(config)
     assert "data.subset" in withheld and released["data"]["subset"] is None  # a range of a canonical dataset gives N
     assert set(WITHHELD) >= {"data.path", "data.test_path", "data.data_dir"}
+    config["pretrain"]["data"] = {"name": "imagefolder", "path": "/owner/faces/public", "test_path": "/owner/faces/t"}
+    released, withheld = released_config(config)  # public data may lie in the private data's own folder tree
+    assert {"pretrain.data.path", "pretrain.data.test_path"} <= set(withheld)
+    assert released["pretrain"]["data"]["path"] is None and "/owner" not in json.dumps(released)
 
 
 # -- an image folder: its path stays with the owner ----------------------------------------------------------------------
@@ -185,6 +189,20 @@ def test_an_image_folder_runs_release_holds_no_private_path(folder_run):
     assert header(run)["config"]["data"]["path"] is None
     owner = json.loads((run / "config.json").read_text())  # the owner's configuration keeps it
     assert owner["data"]["path"] == str(private / "train")
+
+
+def test_public_pretraining_on_a_folder_names_it_in_the_release_without_its_path(folder_run, tmp_path):
+    """Public data in the private data's folder tree (here its held-out images): the release says which data
+    was public, never where it lies."""
+    _, private, config = folder_run
+    run = tmp_path / "run"
+    public = f"{{name: imagefolder, path: {private / 'test'}, resolution: 8, channels: 1}}"
+    assert main(["train", config, "--run-dir", str(run), "--set", f"pretrain.data={public}",
+                 "--set", "pretrain.steps=2", "--set", "pretrain.batch_size=16"]) == 0
+    report = json.loads((run / "release" / "privacy.json").read_text())
+    assert report["data"]["public"]["dataset"] == "imagefolder" and "path" not in report["data"]["public"]
+    for name, data in released_bytes(run).items():
+        assert b"secret-patient-scans" not in data and str(private).encode() not in data, name
 
 
 def test_owner_side_commands_find_the_folder_in_the_owners_config_or_take_it_as_flags(folder_run, tmp_path, capsys):

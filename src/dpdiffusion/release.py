@@ -23,7 +23,10 @@ from typing import Any
 from dpdiffusion.run_folder import RunFolder
 from dpdiffusion.runconfig import ConfigError, DataConfig
 
-WITHHELD = ("data.path", "data.test_path", "data.data_dir", "pretrain.data.data_dir")
+# the public data's locations too: a folder's path can name a cohort, and public data may be a part of the private
+# data's own folder tree
+WITHHELD = ("data.path", "data.test_path", "data.data_dir", "pretrain.data.path", "pretrain.data.test_path",
+            "pretrain.data.data_dir")
 WITHHELD_WITH_DECLARED_SIZE = ("data.subset",)
 
 

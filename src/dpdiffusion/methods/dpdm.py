@@ -179,7 +179,8 @@ def train(config: RunConfig, dataset: Dataset, run_plan: RunPlan | PrivacyPlan, 
     dataset = with_declared_size(dataset, declared)  # the plan is for N^; Poisson sampling runs over every example
     drawn = getattr(dataset, "canaries_drawn", 0)  # how many canaries were drawn is public; which went in is not
     canaries = {"drawn": drawn, "note": "random binary images added with probability 1/2 each (audit)"} if drawn else None
-    provenance = Provenance(private=private, public=public, start=released_start(begin.to_dict()),
+    provenance = Provenance(private=private, public=public.released(size_declared=False) if public else None,
+                            start=released_start(begin.to_dict()),
                             audit_canaries=canaries)
     trainer = Trainer(model, loss, dataset, plan=run_plan.main_plan, run_dir=run_dir, performance=config.performance,
                       training=config.training, secret_seed=secret_seed, progress=progress, config=config.to_dict(),
