@@ -141,3 +141,29 @@ def test_a_python_api_run_from_arrays_records_arrays_in_its_release(tmp_path):
     with safe_open(str(tmp_path / "run" / "release" / "model.safetensors"), "pt") as f:
         header = json.loads(f.metadata()["dpdiffusion"])
     assert header["config"]["data"]["name"] == "arrays" and header["privacy"]["data"]["private"]["dataset"] == "arrays"
+
+
+def test_declared_class_names_fix_the_indices_whatever_names_occur_in_the_data(tmp_path):
+    """Names in a CSV's label column are numbered in sorted order when nothing is declared, so removing the only
+    record of one class would renumber the others (every record's label changes: no longer one record's
+    difference). With ``data.class_names`` the indices follow the declared list; a name not declared is refused."""
+    from dpdiffusion.data.labels import DECLARED, FROM_CSV
+
+    rows = [("ant", 40), ("cat", 120), ("dog", 200), ("cat", 160)]
+    for i, (name, value) in enumerate(rows):
+        write_png(tmp_path / f"{i}.png", (8, 8), value, mode="L")
+
+    def load(kept, declared=()):
+        (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{i}.png,{rows[i][0]}\n" for i in kept))
+        return load_dataset(DataConfig(name="csv", path=str(tmp_path / "list.csv"), resolution=8, channels=1,
+                                       class_names=declared),
+                            "train")
+
+    assert load(range(4)).y.tolist() == [0, 1, 2, 1] and load(range(4)).class_names.source == FROM_CSV
+    assert load(range(1, 4)).y.tolist() == [0, 1, 0]  # without "ant", cat and dog are renumbered
+    declared = ("dog", "ant", "cat", "eel")  # an order of the owner's, and a class without images
+    full, neighbour = load(range(4), declared), load(range(1, 4), declared)
+    assert full.y.tolist() == [1, 2, 0, 2] and neighbour.y.tolist() == [2, 0, 2]  # the others keep their indices
+    assert full.class_names.names == declared and full.class_names.source == DECLARED
+    with pytest.raises(ConfigError, match="the data's class 'dog' is not declared"):
+        load(range(4), ("ant", "cat"))

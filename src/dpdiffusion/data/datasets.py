@@ -39,6 +39,29 @@ class Split(NamedTuple):
 
 
 def read_split(data: DataConfig, split: str) -> Split:
+    """The named dataset's split (``Split``); where the data's layout names its classes and the owner declared
+    ``data.class_names``, the labels index the declared names (``declared_order``)."""
+    found = _read_split(data, split)
+    if not data.class_names or found.class_names is None:
+        return found
+    return declared_order(found, tuple(data.class_names))
+
+
+def declared_order(found: Split, declared: tuple[str, ...]) -> Split:
+    """``found`` with each label the index of its class's name in ``declared``: the indices then follow the
+    owner's list, not which names occur in the data (a class whose only image is removed no longer renumbers
+    the others), and the names a run records are the names its labels index. A name of the layout that is not
+    declared is a ConfigError; a declared name without images is allowed."""
+    assert found.class_names is not None
+    undeclared = [name for name in found.class_names.names if name not in declared]
+    if undeclared:
+        raise ConfigError(f"data.class_names: the data's class {undeclared[0]!r} is not declared (declared: "
+                          f"{', '.join(declared)})")
+    order = torch.tensor([declared.index(name) for name in found.class_names.names], dtype=torch.int64)
+    return Split(found.images, order[found.labels], ClassNames(declared, DECLARED))
+
+
+def _read_split(data: DataConfig, split: str) -> Split:
     """The named dataset's split (see ``Split``)."""
     if data.name == "digits":
         return Split(*load_digits(split, data.resolution))

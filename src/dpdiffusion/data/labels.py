@@ -4,7 +4,8 @@ A label is a class index >= 0. Sources that store labels as text (a CSV's label 
 strings) give either whole numbers, taken as the indices, or class names, numbered in sorted order as an image
 folder's sub-folders are. Class names come from the data's layout -- sub-folder names, the names in a label column,
 a ClassLabel feature -- never from the images, or are declared by the data owner (``data.class_names``); a
-``ClassNames`` says which, for the privacy report.
+``ClassNames`` says which, for the privacy report. Declared names, where the layout names the classes, also fix
+the indices (``datasets.declared_order``): the sorted numbering follows which names occur in the data.
 """
 
 from __future__ import annotations
