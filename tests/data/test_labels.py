@@ -16,8 +16,25 @@ def test_whole_numbers_are_indices_and_names_are_numbered_in_sorted_order():
     assert labels.tolist() == [3, 1] and names is None
     labels, names = index_labels(["dog", "cat", "dog", "ant"], row)
     assert names == ("ant", "cat", "dog") and labels.tolist() == [2, 1, 2, 0]
-    labels, names = index_labels(["cat", "7"], row)  # not all whole numbers: every value is a name
-    assert names == ("7", "cat") and labels.tolist() == [1, 0]
+
+
+
+@pytest.mark.parametrize("values", [["cat", "7"], ["0", "1", "2.0"], [0, 1, None]])
+def test_a_column_that_mixes_indices_and_names_is_refused_not_read_as_names(values):
+    """"2.0" among indices (or a missing value) once made every label a name: three classes, silently."""
+    with pytest.raises(DatasetFileError, match="the label column mixes class indices .* and class names"):
+        index_labels(values, row)
+
+
+def test_a_test_split_gives_labels_of_the_training_splits_kind():
+    with pytest.raises(DatasetFileError, match=r"^row 0: the label 2 is a class index, but the training split's labels "
+                                               r"are class names \(ant, cat\)$"):
+        index_labels(["2", "0"], row, known=("ant", "cat"), indices_allowed=False)
+    with pytest.raises(DatasetFileError, match="^row 0: the label 'ant' is a class name, but the training split's "
+                                               "labels are class indices$"):
+        index_labels(["ant"], row, known=())
+    assert index_labels([1, 0], row, known=("ant", "cat"))[0].tolist() == [1, 0]  # a ClassLabel's
+    assert index_labels(["1"], row, known=())[0].tolist() == [1]
 
 
 def test_a_test_split_keeps_the_training_names():
@@ -31,6 +48,8 @@ def test_a_test_split_keeps_the_training_names():
     (["1", "-3"], "row 1: the label -3 is negative"),
     ([0, 2, -1], "row 2: the label -1 is negative"),
     (["cat", ""], "row 1: the label is empty"),
+    (["1", "99999999999999999999"], "row 1: the label 99999999999999999999 is too large for a class index"),
+    ([0, 2**40], "row 1: the label 1099511627776 is too large"),
 ])
 def test_bad_labels_are_one_line_errors_naming_the_row(values, message):
     with pytest.raises(DatasetFileError, match=f"^{message}") as raised:

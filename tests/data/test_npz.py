@@ -56,6 +56,8 @@ def test_the_test_split_is_its_own_file(tmp_path):
     ({"images": np.zeros((2, 5, 4, 4, 4), np.uint8), "labels": np.array([0, 1])}, "expected N x H x W"),
     ({"images": np.zeros((2, 5, 4, 4), np.uint8), "labels": np.array([0, 1])}, "expected N x H x W"),
     ({"images": np.zeros((0, 4, 4), np.uint8), "labels": np.zeros(0, np.int64)}, "holds no images"),
+    ({"images": np.uint8(7), "labels": np.array([0])}, r"images have shape \(\), expected N x H x W"),  # was a TypeError
+    ({"images": np.zeros(4, np.uint8), "labels": np.arange(4)}, "expected N x H x W"),
 ])
 def test_bad_arrays_are_one_line_errors(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)

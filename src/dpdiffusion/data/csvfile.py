@@ -46,7 +46,8 @@ def _line(path: Path):
 def csv_labels(path: str | Path, known: tuple[str, ...] | None = None) -> tuple[torch.Tensor, ClassNames | None]:
     """The labels of a CSV file and, when they are class names, the names (``known``: the training CSV's)."""
     path = Path(path).expanduser()
-    labels, names = index_labels([label for _, label in read_rows(path)], _line(path), known)
+    labels, names = index_labels([label for _, label in read_rows(path)], _line(path), known,
+                                 indices_allowed=not known)  # a training CSV of names: its test CSV gives names
     return torch.from_numpy(labels), ClassNames(names, FROM_CSV) if names is not None else None
 
 
@@ -82,6 +83,6 @@ def load_csv_split(split: str, path: str | None, test_path: str | None, resoluti
     resolution = check_image_settings(resolution, channels, "csv")
     if split == "train":
         return load_csv(file, resolution, channels)
-    names = csv_labels(str(path))[1]  # the test split takes the training split's class names
-    images, labels, _ = load_csv(file, resolution, channels, names.names if names else None)
+    names = csv_labels(str(path))[1]  # the test split takes the training split's class names (or indices: ())
+    images, labels, _ = load_csv(file, resolution, channels, names.names if names else ())
     return images, labels, names

@@ -94,8 +94,8 @@ def column(dataset: Any, name: str, setting: str, source: str) -> Any:
     return dataset.features[name]
 
 
-def hf_labels(dataset: Any, label_column: str, source: str,
-              known: tuple[str, ...] | None = None) -> tuple[np.ndarray, ClassNames | None]:
+def hf_labels(dataset: Any, label_column: str, source: str, known: tuple[str, ...] | None = None, *,
+              indices_allowed: bool = True) -> tuple[np.ndarray, ClassNames | None]:
     """The labels, and the class names of a ClassLabel feature or of a column of names."""
     datasets = hf_datasets()
     feature = column(dataset, label_column, "data.label_column", source)
@@ -104,7 +104,7 @@ def hf_labels(dataset: Any, label_column: str, source: str,
     if isinstance(feature, datasets.ClassLabel):
         labels = check_labels(np.asarray(values, dtype=np.int64).reshape(-1), where)
         return labels, ClassNames(tuple(feature.names), FROM_CLASS_LABEL)
-    labels, names = index_labels(values, where, known)
+    labels, names = index_labels(values, where, known, indices_allowed=indices_allowed)
     return labels, ClassNames(names, FROM_COLUMN) if names is not None else None
 
 
@@ -139,10 +139,12 @@ def load_hf_split(split: str, path: str | None, test_path: str | None, resolutio
     dataset, source = split_dataset(split, path, test_path)
     if not len(dataset):
         raise DatasetFileError(f"{source} ({split}) holds no images")
-    names = None
-    if split == "test":
+    names, known, indices_allowed = None, None, True
+    if split == "test":  # the training split's class names (or (): its labels are indices)
         train, train_source = split_dataset("train", path, None)
         names = hf_labels(train, label_column, train_source)[1]
-    labels, found = hf_labels(dataset, label_column, source, names.names if names else None)
+        known = names.names if names else ()
+        indices_allowed = names is None or names.source == FROM_CLASS_LABEL  # a ClassLabel's are indices too
+    labels, found = hf_labels(dataset, label_column, source, known, indices_allowed=indices_allowed)
     images = hf_images(dataset, image_column, source, resolution, channels)
     return torch.from_numpy(images), torch.from_numpy(labels), names or found

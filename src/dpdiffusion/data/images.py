@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def decode(source: Path | bytes, name: str, mode: str) -> Image.Image:
             return in_mode(image, name, mode)
     except DatasetFileError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    # Pillow's decoders raise more than OSError on malformed files (EOFError, struct.error, IndexError, ...)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError) as error:
         raise DatasetFileError(f"{name} is not a readable image ({error})") from error
 
 

@@ -70,6 +70,9 @@ def read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
                                f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from error
     if images.dtype != np.uint8:
         raise DatasetFileError(f"{path}: images are {images.dtype}, expected uint8 (pixel values 0..255)")
+    if images.ndim not in (3, 4):
+        raise DatasetFileError(f"{path}: images have shape {images.shape}, expected N x H x W or N x H x W x C "
+                               "(or N x C x H x W)")
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
         raise DatasetFileError(f"{path}: labels are {labels.dtype} of shape {labels.shape}, expected one integer "
                                "class index per image")
