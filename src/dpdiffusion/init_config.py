@@ -7,6 +7,7 @@ overwritten."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,6 @@ def supported_resolution(side: int, cap: int, levels: int = len(CHANNEL_MULT)) -
     return max(step, step * int((min(side, cap) + step / 2) // step))
 
 
-def planned_delta(size: int) -> float:
-    """The largest power of ten below 1 / N: 1e-5 for 60,000 images (the presets' choice)."""
-    return float(10.0 ** -len(str(size)))
-
-
 def multiplicity(channels: int, gpu: bool) -> int:
     """K: DPDM's 32 for grayscale and 8 for RGB on a GPU; 1 on a CPU (as the CPU presets)."""
     return (32 if channels == 1 else 8) if gpu else 1
@@ -73,7 +69,12 @@ def config_text(layout: Layout, gpu: bool) -> str:
     resolution = supported_resolution(layout.side, sizing.max_resolution)
     step = 2 ** (len(CHANNEL_MULT) - 1)
     classes = layout.num_classes if layout.num_classes > 1 else 0  # one class: an unconditional model
-    batch = min(sizing.batch_size * (2 if gpu and layout.channels == 1 else 1), max(1, layout.size // 10))
+    full = sizing.batch_size * (2 if gpu and layout.channels == 1 else 1)
+    # a machine's batch, a constant; only for data under 10 batches one from N (a power of two: N's magnitude), and
+    # the comment says so, since the released configuration carries B
+    batch = full if layout.size >= 10 * full else 2 ** int(math.log2(max(1, layout.size // 10)))
+    batch_note = ("B, the expected batch; q = B / N" if batch == full else "B: chosen from your data's size, which "
+                  "it therefore tells roughly (a release carries B); declare public_dataset_size and choose B from it")
     length_key, length = next(iter(sizing.length.items()))
     found = (f"{_plural(layout.num_classes, 'class')}, {_plural(layout.channels, 'channel')}, first image "
              f"{layout.side} px on its shorter side")
@@ -111,9 +112,9 @@ data:
 diffusion: {diffusion}
 privacy:
   target_epsilon: 10
-  delta: {planned_delta(layout.size)}  # the largest power of ten below 1/N
+  # delta: 1.0e-5  # default 1 / (10 N): N the declared public size, else your data's own (the report says which)
   # public_dataset_size: ...  # declare a public size N^ so that no release carries N (see README)
-  batch_size: {batch}  # B, the expected batch; q = B / N
+  batch_size: {batch}  # {batch_note}
   {length_key}: {length}
   max_grad_norm: 1.0
   multiplicity: {multiplicity(layout.channels, gpu)}  # K noise draws per example
