@@ -121,3 +121,20 @@ def test_a_fine_tuned_models_schedule_round_trips_through_ddpm_betas():
                                         beta_schedule="scaled_linear")
     rebuilt = ddpm_scheduler(reference.alphas_cumprod)
     assert torch.allclose(rebuilt.alphas_cumprod.double(), reference.alphas_cumprod.double(), rtol=1e-5)
+
+
+def test_an_export_used_as_a_start_brings_its_spend_with_it(unet2d_run, tmp_path, capsys):
+    """The exported folder carries the release's privacy report: a run on the same data that starts from it
+    composes that spend (at the same target nothing is left), as it would from the release itself; a folder
+    without a report is taken as public."""
+    run, out, _ = unet2d_run
+    config = json.loads((run / "config.json").read_text())
+    path = tmp_path / "again.yaml"
+    path.write_text(json.dumps({**config, "privacy": {**config["privacy"], "noise_multiplier": None}}))
+    capsys.readouterr()
+    assert main(["train", str(path), "--dry-run", "--set", f"finetune.init={out}"]) == 2
+    assert "already spent epsilon" in capsys.readouterr().err
+    assert main(["train", str(path), "--dry-run", "--set", f"finetune.init={out}",
+                 "--set", "privacy.target_epsilon=10", "--set", "privacy.steps=1"]) == 0
+    start = json.loads(capsys.readouterr().out)["stages"]["start"]
+    assert start["kind"] == "diffusers UNet2DModel" and start["composed_into_this_run"] == ["start.dpsgd"]

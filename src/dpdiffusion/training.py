@@ -119,7 +119,8 @@ class Trainer(TrainingLoop):
     # -- checkpoints -------------------------------------------------------------------------------
     def updates_state(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         meta: dict[str, Any] = {"data_sha256": self.fingerprint, "training": asdict(self.training),
-                                "performance": asdict(self.performance), "config": self.config}
+                                "performance": asdict(self.performance), "config": self.config,
+                                "start_sha256": self.start_sha256}
         for mechanism in self.mechanisms.values():
             meta.update(mechanism.state_dict(tensors))
         return meta
@@ -137,7 +138,24 @@ class Trainer(TrainingLoop):
         for mechanism in self.mechanisms.values():  # refuses changed privacy settings before anything else
             mechanism.check_loadable(meta)
         self.check_same_data(meta)
+        self.check_same_start(meta)
         self.check_same_settings(meta)
+
+    @property
+    def start_sha256(self) -> str | None:
+        """sha256 of the weights training started from (None: a random initialisation)."""
+        provenance: Any = self.provenance  # a Provenance, or DP-SAD's dict of one
+        start = provenance.get("start") if isinstance(provenance, dict) else getattr(provenance, "start", None)
+        return (start or {}).get("sha256")
+
+    def check_same_start(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume from another start than the run began with: the weights carry the first one's
+        training, and the plan composes (or not) the spend of the one named now."""
+        saved = meta.get("start_sha256")
+        if "start_sha256" in meta and saved != self.start_sha256:
+            raise LedgerMismatchError(f"cannot resume from another start than the run began with (sha256 "
+                                      f"{str(saved)[:12]}... -> {str(self.start_sha256)[:12]}...): the weights were "
+                                      "trained from the first; restore it or start a new run")
 
     def check_same_settings(self, meta: dict[str, Any]) -> None:
         """Refuse to resume with any setting other than the checkpoint was trained with (learning rate, EMA, model,

@@ -170,3 +170,13 @@ def test_the_distance_is_configurable_and_checked(config):
     assert l1.shape == l2.shape == (6,) and not torch.allclose(l1, l2)
     with pytest.raises(ConfigError, match="dpsad.distance"):
         dpsad.resolve_dpsad_plan(load_config(config, ["dpsad.distance=huber"]), 1437)
+
+
+@pytest.mark.parametrize("teacher", ["dp", "none"])
+def test_a_start_checkpoint_is_only_a_public_teachers_start(config, teacher):
+    """The DP-SAD plan composes no start's spend: a dp or none teacher that started from finetune.init (a DP
+    release of the same data, say) would leave that spend out; and the DP warm-up is not a DP-SAD start."""
+    with pytest.raises(ConfigError, match="finetune.init with method dpsad is the start of a public teacher"):
+        dpsad.resolve_dpsad_plan(load_config(config, [f"dpsad.teacher={teacher}", "finetune.init=some/release"]), 1437)
+    with pytest.raises(ConfigError, match="a start for method dpdm"):
+        dpsad.resolve_dpsad_plan(load_config(config, [f"dpsad.teacher={teacher}", "warmup.central_rounds=2"]), 1437)

@@ -98,6 +98,28 @@ def test_start_from_a_release_names_its_spend_and_checks_the_architecture(config
     assert "model.model_channels=8" in capsys.readouterr().err
 
 
+def test_a_start_swapped_before_resume_is_refused(config, tmp_path, capsys):
+    """Two DP releases with the same plan (another seed): a run started from one cannot resume from the other,
+    though its plan would be the same -- its weights carry the first one's training."""
+    import shutil
+
+    first, other, run = tmp_path / "first", tmp_path / "other", tmp_path / "run"
+    for folder, seed in ((first, 0), (other, 1)):
+        assert main(["train", config, "--run-dir", str(folder), "--set", "pretrain.data=null",
+                     "--set", f"training.seed={seed}"]) == 0
+    start_file = tmp_path / "start.safetensors"
+    shutil.copy(first / "release" / "model.safetensors", start_file)
+    common = ["--run-dir", str(run), "--set", "pretrain.data=null", "--set", f"finetune.init={start_file}",
+              "--set", "privacy.target_epsilon=10", "--set", "privacy.steps=4"]
+    assert main(["train", config, *common]) == 0
+    shutil.copy(other / "release" / "model.safetensors", start_file)
+    capsys.readouterr()
+    assert main(["train", config, *common, "--resume"]) == 2
+    assert "another start than the run began with" in capsys.readouterr().err
+    shutil.copy(first / "release" / "model.safetensors", start_file)  # restored: it resumes
+    assert main(["train", config, *common, "--resume"]) == 0
+
+
 def test_frozen_parameters_stay_fixed_and_get_no_per_example_gradients(config, tmp_path):
     run = tmp_path / "run"
     frozen = '["net.map*", "net.conv_in.*"]'

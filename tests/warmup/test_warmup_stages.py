@@ -62,6 +62,11 @@ def test_a_warm_up_run_composes_its_stages_in_one_plan_and_reports_each(tmp_path
     err = capsys.readouterr().err
     assert "central images" in err
     assert main(["train", config, "--run-dir", str(run)]) != 0  # a new run over it is refused
+    # its warm-up model is no public start: trained on DP releases whose spend its file does not carry
+    capsys.readouterr()
+    assert main(["train", config, "--dry-run", "--set", "warmup.central_rounds=0",
+                 "--set", f"finetune.init={run / 'warmup' / 'model.safetensors'}"]) != 0
+    assert "was trained on release" in capsys.readouterr().err
 
 
 def test_the_warm_up_stage_reads_only_the_release(tmp_path):

@@ -150,6 +150,9 @@ def resolve_dpsad_plan(config: RunConfig, dataset_size: int) -> ComposedPlan:
     warmup.check(config)  # the DP warm-up is a start of method dpdm: refused here
     if d.teacher not in TEACHERS:
         raise ConfigError(f"dpsad.teacher: unknown {d.teacher!r} (choose one of {', '.join(TEACHERS)})")
+    if config.finetune.init and d.teacher != "public":  # the plan composes no start's spend
+        raise ConfigError(f"finetune.init with method dpsad is the start of a public teacher (dpsad.teacher: public); "
+                          f"a {d.teacher} teacher starts from a random initialisation: unset finetune.init")
     if p.multiplicity != 1:
         raise ConfigError("privacy.multiplicity: DP-SAD draws one level per example; set it to 1")
     if d.distance not in DISTANCES:

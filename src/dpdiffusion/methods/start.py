@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,11 @@ def read_start(config: RunConfig, meta: dict[str, Any], weights: Path, delta: fl
     common: dict[str, Any] = {"kind": "dpdiffusion model", "path": str(weights), "sha256": file_sha256(weights)}
     same = config.finetune.init_private_data == "same"
     if "trained_on" in meta:  # trained by plain steps: on public data, or on private data without privacy
+        other = sorted(set(meta["trained_on"]) - {"public", "private_without_privacy"})
+        if other:  # e.g. a warm-up model, trained on DP releases whose plans its header does not carry
+            raise ConfigError(f"finetune.init: {weights.name} was trained on {', '.join(other)} (a DP warm-up's "
+                              "model: its releases' spend is not in its file); start from its run's finished "
+                              "release instead (finetune.init=RUN_DIR), whose report composes them")
         trained_on = {**meta["trained_on"], "steps": meta.get("steps")}
         plain = meta["trained_on"].get("private_without_privacy")
         if plain is not None and not same and evidently_same_data(plain, config.data):
@@ -164,6 +170,15 @@ def load_init(config: RunConfig, delta: float) -> tuple[Precond, dict[str, Any] 
         check_diffusers_matches(config, spec["unet"])
         weights = next(p for p in (path / "unet" / "diffusion_pytorch_model.safetensors",
                                    path / "diffusion_pytorch_model.safetensors") if p.is_file())
+        report = path / "privacy.json"
+        if report.is_file():  # an export of a release of ours: its spend is composed, or refused, as the release's
+            try:
+                privacy = json.loads(report.read_text())
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"finetune.init: {report} is not a readable privacy report ({error})") from error
+            start = read_start(config, {"privacy": privacy}, weights, delta)
+            return model, {"diffusers": spec}, dataclasses.replace(start, kind="diffusers UNet2DModel",
+                                                                   path=str(path))
         return model, {"diffusers": spec}, Start(kind="diffusers UNet2DModel", path=str(path),
                                                  sha256=file_sha256(weights), note="taken as public")
     weights = path if path.is_file() else RunFolder(path).model_weights
