@@ -127,6 +127,7 @@ def test_weights_that_stop_being_finite_stop_the_run_in_one_line(config, tmp_pat
     assert main(["train", config, "--run-dir", str(run), "--set", "training.lr=1e30"]) == 2
     err = _error_lines(capsys)
     assert len(err) == 1 and "training diverged at step 1" in err[0] and "no checkpoint" in err[0]
+    assert "in a new run" in err[0] and "spent stands" in err[0]  # a resume cannot lower the learning rate
     assert not (run / "release" / "model.safetensors").exists()
 
 

@@ -213,7 +213,9 @@ class TrainingLoop:
             last = f"the last good checkpoint is {kept[0].name}" if kept else "no checkpoint was written"
             raise TrainingDiverged(
                 f"training diverged at step {self.updates.steps_taken}: the weights or the denoiser's output are no "
-                f"longer finite (NaN or inf); {last}; lower the learning rate (or check the data) and resume")
+                f"longer finite (NaN or inf); {last}; a resume replays the same batches and noise, and the learning "
+                "rate cannot change on resume: check the data or lower the learning rate in a new run (the privacy "
+                "this one spent stands: a new run on the same data adds to it)")
 
     def step(self) -> StepReport:
         report = self.updates.step()
