@@ -133,3 +133,22 @@ def test_png_format_fills_an_empty_folder(run_dir, tmp_path):
     folder.mkdir()
     assert main(["sample", str(run_dir), "--num", "3", "--out", str(folder), "--steps", "2", "--format", "png"]) == 0
     assert len(list(folder.glob("*/*.png"))) == 3
+
+
+def test_bad_batch_sizes_and_labels_for_an_unconditional_model_are_refused(run_dir, tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from dpdiffusion.runconfig import ConfigError
+
+    for size in ("0", "-5"):  # a negative size once wrote an npz of 0 images and num labels, exit 0
+        with pytest.raises(SystemExit) as raised:
+            main(["sample", str(run_dir), "--num", "4", "--batch-size", size, "--out", str(tmp_path / "s.npz")])
+        assert raised.value.code == 2 and not (tmp_path / "s.npz").exists()
+    model, config, _ = load_release(run_dir)
+    with pytest.raises(ConfigError, match="batch size must be >= 1"):
+        generate(model, config, num=4, seed=0, batch_size=0)
+    unconditional = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=0))
+    with pytest.raises(ConfigError, match="the model is unconditional"):
+        generate(model, unconditional, num=2, seed=0, labels=torch.tensor([0, 1]))

@@ -23,3 +23,8 @@ def test_demo_runs_every_stage_end_to_end_and_keeps_the_diagnostic_with_the_owne
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["real_test_images"] == 360
     assert "accuracy" not in (run / "release/privacy.json").read_text()
     assert "beside real held-out digits" in out and (run / "owner/comparison.png").is_file()
+
+
+def test_too_few_samples_for_the_downstream_check_are_refused_before_training(tmp_path, capsys):
+    assert main(["demo", "--run-dir", str(tmp_path / "demo"), "--num-samples", "5"]) == 2
+    assert "--num-samples must be at least 20" in capsys.readouterr().err and not (tmp_path / "demo").exists()

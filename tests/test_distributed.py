@@ -168,3 +168,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert (tmp_path / "two" / "owner" / "audit" / "canaries.safetensors").is_file()
     # the secret seeds are fresh entropy in each run: the two runs differ, but both are complete releases
     assert weights_one.keys() == weights_two.keys()
+
+
+def test_a_world_size_without_a_rank_is_a_one_line_error(monkeypatch):
+    from dpdiffusion import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="RANK is not set: start several processes with torchrun"):
+        distributed.init_from_env()

@@ -84,7 +84,7 @@ def test_a_plain_checkpoint_of_other_settings_is_not_loaded(tmp_path, monkeypatc
         public_pretraining(tmp_path, "run")
     capsys.readouterr()
     out = public_pretraining(tmp_path, "run", ["pretrain.lr=0.01"])
-    assert "skipping checkpoint" in capsys.readouterr().out
+    assert "skipping checkpoint" in capsys.readouterr().err
     fresh = load_file(public_pretraining(tmp_path, "fresh", ["pretrain.lr=0.01"]))
     assert all(torch.equal(load_file(out)[k], fresh[k]) for k in fresh)  # started over, not from the other lr
     log = [json.loads(line) for line in (out.parent / "log.jsonl").read_text().splitlines()]

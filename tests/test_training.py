@@ -107,4 +107,4 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys
     trainer = make_trainer(tmp_path)
     assert trainer.resume().name == "step-00000004.safetensors"
     assert trainer.ledger.steps_taken == 4
-    assert "skipping checkpoint" in capsys.readouterr().out
+    assert "skipping checkpoint" in capsys.readouterr().err

@@ -247,7 +247,7 @@ def add_sample_parser(subparsers) -> None:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance weight w (1: conditional only)")
     parser.add_argument("--seed", type=_positive_int, default=0, help="public seed of labels and noise")
     parser.add_argument("--labels", help="comma-separated labels, one per image (default: uniform draws)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=_count, default=256)
     parser.set_defaults(handler=run_sample)
 
 
@@ -296,7 +296,7 @@ def add_demo_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train on scikit-learn's digits at epsilon 10 and show the result")
     parser.add_argument("--run-dir", help="run folder (default runs/demo-<time>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
-    parser.add_argument("--num-samples", type=int, default=1000, help="synthetic images for the downstream check")
+    parser.add_argument("--num-samples", type=_count, default=1000, help="synthetic images for the downstream check")
     parser.set_defaults(handler=run_demo)
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dpdiffusion.data.datasets import load_dataset
+from dpdiffusion.data.datasets import check_fits_model, load_dataset
 from dpdiffusion.diffusion.generate import generate, load_release, save_grid
 from dpdiffusion.evaluation.report import save_comparison_grid
 from dpdiffusion.io import write_json_atomic
 from dpdiffusion.methods import dpdm
 from dpdiffusion.run_folder import RunFolder
-from dpdiffusion.runconfig import load_config
+from dpdiffusion.runconfig import ConfigError, load_config
 
 PRESET = "digits-eps10-cpu"
 
@@ -41,8 +41,12 @@ def downstream_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test
 def run(run_dir: Path | None, overrides: list[str], num_samples: int, progress: bool = True) -> dict:
     started = time.perf_counter()
     config = load_config(PRESET, overrides)
+    classes = max(config.model.num_classes, 1)
+    if num_samples < 2 * classes:  # refused before training: the downstream check needs every class twice
+        raise ConfigError(f"--num-samples must be at least {2 * classes} (two per class), got {num_samples}")
     run_dir = run_dir or Path("runs") / f"demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     dataset = load_dataset(config.data, "train")
+    check_fits_model(dataset, config.model)  # the shape the network (and the warm-up's sensitivity) is made for
     run_plan = dpdm.plan(config, len(dataset))  # every stage of the preset (the DP warm-up's too)
     trainer = dpdm.train(config, dataset, run_plan, run_dir, progress=progress)
     trained = time.perf_counter()

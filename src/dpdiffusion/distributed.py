@@ -68,6 +68,8 @@ def init_from_env(timeout_hours: float = 12.0) -> World:
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" not in os.environ:
+        raise RuntimeError("WORLD_SIZE > 1 but RANK is not set: start several processes with torchrun")
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if backend == "nccl":
         torch.cuda.set_device(world.device)

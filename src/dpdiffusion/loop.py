@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -185,7 +186,7 @@ class TrainingLoop:
             except CheckpointError as error:
                 skipped += 1
                 if self.world.is_main:
-                    print(f"dpdiffusion: skipping checkpoint: {error}", flush=True)
+                    print(f"dpdiffusion: skipping checkpoint: {error}", file=sys.stderr, flush=True)
         return None, skipped
 
     def resume(self) -> Path | None:

@@ -42,6 +42,26 @@ def test_resuming_a_canary_run_needs_the_same_canaries(tmp_path, capsys):
     assert main(["train", config, "--run-dir", str(run), "--audit-canaries", "8"]) == 2  # not over another run
 
 
+def test_canaries_are_never_drawn_into_an_occupied_folder_nor_audited_for_a_run_without_them(tmp_path, capsys):
+    """A new canary run over a finished run without canaries is refused before any draw (a stray canary file
+    would make the audit score canaries the run never trained with); a canary file the report does not count is
+    refused by the audit in one line."""
+    import shutil
+
+    plain, with_canaries = tmp_path / "plain", tmp_path / "with"
+    config = write_config(tmp_path, TINY_RUN)
+    assert main(["train", config, "--run-dir", str(plain)]) == 0
+    assert main(["train", config, "--run-dir", str(plain), "--audit-canaries", "8"]) == 2
+    assert not (plain / "owner" / "audit").exists()
+    assert main(["train", config, "--run-dir", str(with_canaries), "--audit-canaries", "8"]) == 0
+    (plain / "owner" / "audit").mkdir(parents=True)
+    shutil.copy(with_canaries / "owner" / "audit" / "canaries.safetensors", plain / "owner" / "audit")
+    capsys.readouterr()
+    assert main(["audit", str(plain), "--members", "20", "--levels", "2", "--noises", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds 8 canaries but the run's report says none were drawn" in err[0]
+
+
 def test_audit_of_a_folder_without_a_release_is_one_line(tmp_path, capsys):
     assert main(["audit", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -146,3 +146,25 @@ def test_a_single_canary_is_refused_in_one_line_and_two_give_a_valid_result(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least 2 canaries" in err[0]
     assert not (run / "release").exists()
+
+
+def test_canaries_are_drawn_from_secret_streams_the_inclusion_from_its_own(monkeypatch):
+    """Not from a torch generator (which keeps 32 bits of its seed: canary images shown to an auditor would name
+    it, and with it the inclusion draw); the inclusion draw is a stream of its own, keyed by the OS."""
+    from dpdiffusion.dpsgd.secret_random import SecretStream
+
+    purposes = []
+    fresh = SecretStream.fresh.__func__
+
+    def recording(cls, purpose):
+        purposes.append(purpose)
+        return fresh(cls, purpose)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a torch generator was used")
+
+    monkeypatch.setattr(SecretStream, "fresh", classmethod(recording))
+    monkeypatch.setattr(torch, "Generator", refused)
+    a, b = (draw_canaries(200, dataset(), num_classes=10) for _ in range(2))
+    assert sorted(set(purposes)) == [b"audit canary images", b"audit canary inclusion"]
+    assert not torch.equal(a.images, b.images) and not torch.equal(a.included, b.included)

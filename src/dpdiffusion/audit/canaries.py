@@ -13,7 +13,6 @@ plan's dataset size (hence q) is that of the real data, so it does not depend on
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from scipy import stats
 
 from dpdiffusion.checkpoint import load_checkpoint, save_checkpoint
 from dpdiffusion.data.dataset import ArrayDataset
+from dpdiffusion.dpsgd.secret_random import SecretStream
 from dpdiffusion.run_folder import RunFolder
 
 # Pre-registered guess counts, as fractions of M: the bound is the best over these, each tested at
@@ -44,13 +44,20 @@ class Canaries:
 
 def draw_canaries(count: int, like: ArrayDataset, num_classes: int, seed: int | None = None) -> Canaries:
     """``count`` random binary images shaped like ``like``'s, random labels, and inclusion with probability 1/2.
-    ``seed`` None draws from OS entropy (the inclusion draw is a secret of the audit)."""
+    Drawn from secret streams (``seed`` None: keyed by the OS CSPRNG; a seed is for tests only). The inclusion
+    draw has its own stream: canaries handed to an outside auditor do not give away which went in (a torch
+    generator keeps 32 bits of its seed, so its images would name it)."""
     check_canary_count(count)
-    generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+
+    def stream(purpose: bytes) -> SecretStream:
+        return SecretStream.fresh(purpose) if seed is None else SecretStream.reproducible_from(seed, purpose)
+
     shape = (count, *like.x.shape[1:])
-    images = (torch.rand(shape, generator=generator) < 0.5).to(torch.uint8) * 255
-    labels = torch.randint(max(num_classes, 1), (count,), generator=generator)
-    included = torch.rand(count, generator=generator) < 0.5
+    drawn = stream(b"audit canary images")
+    images = (drawn.uniform(math.prod(shape)).view(shape) < 0.5).to(torch.uint8) * 255
+    classes = max(num_classes, 1)
+    labels = (drawn.uniform(count) * classes).long().clamp_(max=classes - 1)
+    included = stream(b"audit canary inclusion").bernoulli(count, 0.5)
     return Canaries(images.to(like.x.dtype), labels.to(like.y.dtype), included)
 
 
@@ -86,7 +93,7 @@ def with_canaries(dataset: ArrayDataset, count: int | None, num_classes: int, ru
     where the count must be the one the run started with."""
     stored = (canary_file(run_dir)).exists()
     if not resume:
-        if stored:
+        if stored or RunFolder(run_dir).traces_of_training() or RunFolder(run_dir).release.exists():
             raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume or pick another folder")
         if count is None:
             return dataset

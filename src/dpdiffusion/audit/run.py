@@ -46,6 +46,10 @@ def audit_run(run_dir: str | Path, *, members: int = 1000, grid: ScoreGrid = Sco
     canaries = load_canaries(run_dir)
     if canaries is not None:
         check_canary_count(len(canaries))  # before the costly scoring
+        drawn = ((privacy.data.audit_canaries or {}) if privacy is not None and privacy.data else {}).get("drawn")
+        if drawn != len(canaries):  # canaries the run did not train with would measure nothing
+            raise ValueError(f"{run_dir}: owner/audit holds {len(canaries)} canaries but the run's report says "
+                             f"{drawn or 'none'} were drawn for its training; the canary file is not this run's")
     conditional = bool(config.model.num_classes)
 
     def scores(dataset, rows: torch.Tensor) -> np.ndarray:

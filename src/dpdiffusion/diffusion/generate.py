@@ -79,8 +79,12 @@ def generate(
     num_classes = config.model.num_classes
     if labels is None:
         labels = uniform_labels(num, num_classes, seed) if num_classes else torch.full((num,), -1)
-    elif len(labels) != num or (num_classes and not ((labels >= 0) & (labels < num_classes)).all()):
+    elif not num_classes:
+        raise ConfigError("labels were given, but the model is unconditional (model.num_classes 0)")
+    elif len(labels) != num or not ((labels >= 0) & (labels < num_classes)).all():
         raise ConfigError(f"need {num} labels in [0, {num_classes})")
+    if batch_size < 1:
+        raise ConfigError(f"the sampling batch size must be >= 1, got {batch_size}")
     sigmas = karras_sigmas(sampling.steps, sigma_min=sampling.sigma_min, sigma_max=sampling.sigma_max, rho=sampling.rho)
     seeds = image_seeds(seed, num)
     shape = (config.model.in_channels, config.model.img_resolution, config.model.img_resolution)
