@@ -48,6 +48,7 @@ def _train(rank, size, rendezvous, run_dir, resume, max_steps):
     world = _join(rank, size, rendezvous)
     try:
         make_trainer(run_dir, world).fit(resume=resume, max_steps=max_steps)
+        dist.barrier()  # leave together, as `dpdiffusion train` does (gloo can abort a rank torn down mid-exchange)
     finally:
         dist.destroy_process_group()
 

@@ -135,7 +135,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     world = distributed.init_from_env()
     try:
-        return train_on(args, world)
+        code = train_on(args, world)
+        distributed.barrier(world)  # the ranks leave together: gloo can abort a rank whose peer tears down first
+        return code
     finally:
         distributed.close()
 
