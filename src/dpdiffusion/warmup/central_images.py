@@ -45,14 +45,14 @@ class CentralImages:
 def pooled(x: torch.Tensor, downsample: int) -> torch.Tensor:
     """The fixed transform: non-finite pixels to 0 (infinities to +-1), pixels clamped to [-1, 1], average-pooled
     by ``downsample`` (an integer >= 1), clamped again (a mean of values in [-1, 1] may round past them)."""
-    _check_downsample(downsample)
+    check_downsample(downsample)
     x = torch.nan_to_num(x.to(torch.float64), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
     if downsample > 1:
         x = F.avg_pool2d(x, downsample)
     return x.clamp(-1.0, 1.0)
 
 
-def _check_downsample(downsample: int) -> None:
+def check_downsample(downsample: int) -> None:
     if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
         raise ValueError(f"downsample must be an integer >= 1, got {downsample!r}")
 
@@ -65,7 +65,7 @@ def image_bound(shape: tuple[int, ...]) -> float:
 def central_images_plan(*, dataset_size: int, batch_size: int, rounds: int, noise_multiplier: float, delta: float,
                         image_shape: tuple[int, int, int], downsample: int, accountant: str = "prv") -> PrivacyPlan:
     """The DP event of the release as a plan: S Poisson-sampled Gaussians with sensitivity Δ of the pooled size."""
-    _check_downsample(downsample)
+    check_downsample(downsample)
     c, h, w = image_shape
     if h % downsample or w % downsample:
         raise ValueError(f"images of {h}x{w} cannot be average-pooled by {downsample}")

@@ -37,6 +37,7 @@ from dpdiffusion.stages import Stage, StageMismatchError, StageRecords, file_sha
 from dpdiffusion.warmup.central_images import (
     CentralImages,
     central_images_plan,
+    check_downsample,
     release_central_images,
     warmup_images,
 )
@@ -62,8 +63,10 @@ def check(config: RunConfig) -> None:
     w = config.warmup
     if w.central_rounds < 0 or w.steps < 0 or w.augment_translate < 0:
         raise ConfigError("warmup.central_rounds, warmup.steps and warmup.augment_translate must be >= 0")
-    if isinstance(w.downsample, bool) or not isinstance(w.downsample, int) or w.downsample < 1:
-        raise ConfigError(f"warmup.downsample must be an integer >= 1, got {w.downsample!r}")
+    try:
+        check_downsample(w.downsample)
+    except ValueError as error:
+        raise ConfigError(f"warmup.{error}") from None
     if enabled(config) and config.method != "dpdm":
         raise ConfigError(f"warmup (DP central images) is a start for method dpdm, not {config.method}: set "
                           "warmup.central_rounds: 0")
@@ -267,7 +270,6 @@ def warm_model(config: RunConfig, dataset: Dataset, run_stages: tuple[Stage, ...
     out = run.root / "warmup" / "model.safetensors"
 
     def make() -> None:
-        check_drawn(run.root, run_stages)
         released = release_central(config, dataset, by_name[CENTRAL], run, secret_seed=secret_seed)
         frequency = (release_frequency(config, dataset, by_name[FREQUENCY], run, secret_seed=secret_seed)
                      if FREQUENCY in by_name else None)
